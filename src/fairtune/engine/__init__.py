@@ -1,0 +1,6 @@
+"""The scoring and generation engines shared by every audit."""
+
+from fairtune.engine.generation import GenerationEngine, Generation
+from fairtune.engine.scoring import ScoredText, ScoringEngine
+
+__all__ = ["Generation", "GenerationEngine", "ScoredText", "ScoringEngine"]

@@ -1,0 +1,106 @@
+"""Batched, seeded generation through the tokenizer's chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fairtune.engine.progress import progress_bar
+
+Message = dict[str, str]
+
+
+@dataclass
+class Generation:
+    """One reply. ``finish_reason`` is ``stop`` (end-of-turn token) or ``length`` (budget spent)."""
+
+    messages: list[Message]
+    prompt_text: str
+    text: str
+    n_new_tokens: int
+    finish_reason: str
+
+
+class GenerationEngine:
+    """Generates replies in batches of similar prompt length, left-padded."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tokens: int = 128,
+                 progress: bool = False):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_new_tokens, self.progress = batch_size, max_new_tokens, progress
+
+    @classmethod
+    def from_loaded(cls, loaded: Any, **kwargs: Any) -> GenerationEngine:
+        return cls(loaded.model, loaded.tokenizer, **kwargs)
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt as the model sees it: the chat template with the assistant turn opened.
+
+        A tokenizer without a chat template (a base model) gets the user turns joined as plain text.
+        """
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages)
+
+    def generate(self, prompts: Sequence[str | list[Message]], *, system: str | None = None,
+                 do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.95,
+                 seed: int = 0, max_new_tokens: int | None = None) -> list[Generation]:
+        """Reply to each prompt (a user message, or a whole message list), in input order.
+
+        Greedy by default; with ``do_sample`` the same seed and inputs give the same replies.
+        """
+        import torch
+
+        conversations = [self._messages(p, system) for p in prompts]
+        texts = [self.render(m) for m in conversations]
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+        results: list[Generation | None] = [None] * len(texts)
+        budget = max_new_tokens or self.max_new_tokens
+        eos = self._stop_ids()
+        with progress_bar(self.progress) as bar:
+            task = bar.add_task("generating", total=len(texts))
+            for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
+                batch = order[start: start + self.batch_size]
+                ids, mask = self._left_pad([encoded[i] for i in batch])
+                torch.manual_seed(seed + batch_no)
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=do_sample,
+                        temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+                        top_k=None, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+                for row, index in enumerate(batch):
+                    new = out[row, ids.shape[1]:].tolist()
+                    stop = next((k for k, t in enumerate(new) if t in eos), None)
+                    kept = new if stop is None else new[:stop]
+                    results[index] = Generation(
+                        conversations[index], texts[index],
+                        self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                        len(kept), "length" if stop is None else "stop")
+                bar.advance(task, len(batch))
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _messages(prompt: str | list[Message], system: str | None) -> list[Message]:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system is not None and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+    def _stop_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    def _left_pad(self, sequences: list[list[int]]):
+        import torch
+
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        return ids, mask

@@ -1,0 +1,75 @@
+"""The command line: exit codes, one-line errors, nothing half-written."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_csv
+from fairtune.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_audit_writes_artefacts_and_prints_table(tiny_dir, pairs_csv, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("audit", "--model", tiny_dir, "--data", pairs_csv, "--out", out, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert "pct_stereotype" in result.stdout and "overall" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["n_items"] == 5
+
+
+def test_non_empty_out_is_refused_unless_forced(tiny_dir, pairs_csv, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_one_line_error(invoke("audit", "--model", tiny_dir, "--data", pairs_csv, "--out", out), "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    result = invoke("audit", "--model", tiny_dir, "--data", pairs_csv, "--out", out, "--force", "-q")
+    assert result.exit_code == 0 and (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("content,fragments", [
+    (b"sent_more,sent_less,bias_type\na,b,gender\n", ["row 1", "field 'stereo_antistereo'"]),
+    (b"", ["empty file"]),
+    (b"sent_more,sent_less,stereo_antistereo,bias_type\n\xff\xfe,b,stereo,gender\n",
+     ["row 2", "field 'sent_more'", "UTF-8"]),
+])
+def test_bad_data_exits_2_and_writes_nothing(tiny_dir, tmp_path, content, fragments):
+    data = tmp_path / "bad.csv"
+    data.write_bytes(content)
+    out = tmp_path / "run"
+    result = invoke("audit", "--model", tiny_dir, "--data", data, "--out", out)
+    assert_one_line_error(result, str(data), *fragments)
+    assert not out.exists()
+
+
+def test_unknown_suite_model_and_missing_data(tiny_dir, pairs_csv, tmp_path):
+    out = tmp_path / "run"
+    assert_one_line_error(invoke("audit", "--suite", "nope", "--out", out), "suite 'nope'", "stereotype-pairs")
+    assert_one_line_error(invoke("audit", "--model", tmp_path / "nowhere", "--out", out), "nowhere")
+    assert_one_line_error(invoke("audit", "--model", tiny_dir, "--data", tmp_path / "x.csv", "--out", out),
+                          "x.csv", "no such file")
+    assert_one_line_error(invoke("audit", "--model", tiny_dir, "--dtype", "int3", "--out", out), "int3")
+    assert not out.exists()
+
+
+def test_suites_and_version():
+    assert "stereotype-pairs" in invoke("suites").stdout
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("fairtune ")
