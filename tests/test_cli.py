@@ -73,3 +73,18 @@ def test_suites_and_version():
     assert "stereotype-pairs" in invoke("suites").stdout
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("fairtune ")
+
+
+def test_summary_table_formats_rates_as_percent_with_intervals():
+    from rich.console import Console
+
+    from fairtune.console import summary_table
+
+    estimate = {"value": 0.5449, "ci_low": 0.473, "ci_high": 0.6228, "n": 167, "confidence": 0.95}
+    diff = {"value": 3.834, "ci_low": 3.368, "ci_high": 4.3595, "n": 167, "confidence": 0.95}
+    summary = {"suite": "stereotype-pairs", "model": {"spec": "m"}, "n_items": 167, "seed": 0,
+               "metrics": {"overall": {"pct_stereotype": estimate, "likelihood_diff": diff}}}
+    console = Console(width=120, record=True)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "54.5 [47.3, 62.3]" in text and "3.83 [3.37, 4.36]" in text and "167" in text

@@ -97,3 +97,14 @@ def test_hub_id_offline_fails_fast_with_a_pointer_to_local_copies():
         load_model("fairtune-test/not-in-cache")
     message = str(info.value)
     assert "\n" not in message and "--model DIR" in message
+
+
+def test_unreachable_hub_is_detected_without_long_retries(monkeypatch):
+    from fairtune.models import loader
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    probes = []
+    monkeypatch.setattr(loader, "_hub_reachable", lambda: probes.append(1) or False)
+    with pytest.raises(ModelError, match="hub cannot be reached"):
+        load_model("fairtune-test/not-in-cache")
+    assert probes == [1]

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 
 def _format(metric: str, estimate: dict[str, Any]) -> str:
+    """``54.5 [47.3, 62.3]`` for rates (in percent), ``3.83 [3.37, 4.36]`` for other metrics."""
     value, low, high = estimate["value"], estimate["ci_low"], estimate["ci_high"]
     if value is None:
         return "-"
-    scale, unit = (100, "%") if metric.startswith("pct_") else (1, "")
-    text = f"{value * scale:.1f}{unit}" if scale != 1 else f"{value:.3f}"
+    scale = 100 if metric.startswith("pct_") else 1
+    digits = 1 if scale == 100 else 2
+    text = f"{value * scale:.{digits}f}"
     if low is not None:
-        text += f" [{low * scale:.1f}, {high * scale:.1f}]" if scale != 1 else f" [{low:.3f}, {high:.3f}]"
+        text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
     return text
+
+
+def _header(name: str, width: int = 18) -> str:
+    """Break a long metric name at an underscore so value columns stay narrow."""
+    cut = name.rfind("_", 0, width)
+    return name if len(name) <= width or cut < 1 else f"{name[:cut]}\n{name[cut:]}"
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -23,11 +32,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
     metrics = summary["metrics"]
     names = list(next(iter(metrics.values())).keys()) if metrics else []
     table = Table(title=f"{summary['suite']} - {summary['model']['spec']} "
-                        f"({summary['n_items']} items, seed {summary['seed']})")
+                        f"({summary['n_items']} items, seed {summary['seed']})", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="value [95% bootstrap interval]; pct_*: % of pairs, 50 = no preference")
     table.add_column("group")
     table.add_column("n", justify="right")
     for name in names:
-        table.add_column(f"{name} [95% CI]", justify="right")
+        table.add_column(_header(name), justify="right", no_wrap=True)
     for group, row in metrics.items():
         n = next(iter(row.values()))["n"]
         table.add_row(group, str(n), *[_format(name, row[name]) for name in names],

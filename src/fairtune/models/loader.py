@@ -88,7 +88,6 @@ def load_model(spec: str | ModelSpec = "embedded", *, dtype: str = "float32",
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.requires_grad_(False)
-    assert model.dtype == getattr(torch, dtype), (model.dtype, dtype)
     return LoadedModel(model, tokenizer, spec, fingerprint, dtype, str(source),
                        round(time.perf_counter() - started, 3))
 
