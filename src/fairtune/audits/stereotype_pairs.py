@@ -62,8 +62,9 @@ def read_pairs(path: str | Path) -> list[StereotypePair]:
         if pair_id in seen:
             raise InputError(f"id '{pair_id}' repeats row {seen[pair_id]}", file=path, row=row_number, field="id")
         seen[pair_id] = row_number
-        pairs.append(StereotypePair(pair_id, row["sent_more"].strip(), row["sent_less"].strip(),
-                                    direction, row["bias_type"].strip()))
+        # Sentences are scored exactly as written (no strip), as lm-evaluation-harness does.
+        pairs.append(StereotypePair(pair_id, row["sent_more"], row["sent_less"], direction,
+                                    row["bias_type"].strip()))
     return pairs
 
 
