@@ -39,7 +39,8 @@ def naive_scores(model, tokenizer, texts: list[str]) -> tuple[list[float], int, 
         for text in texts:
             ids = [prefix, *tokenizer(text, add_special_tokens=False)["input_ids"]]
             logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
-            totals.append(float(sum(logprobs[i - 1, ids[i]] for i in range(1, len(ids)))))
+            picked = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+            totals.append(float(picked.double().sum()))
             tokens += len(ids)
     return totals, tokens, time.perf_counter() - started
 

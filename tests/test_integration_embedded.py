@@ -33,6 +33,17 @@ def test_embedded_model_prefers_fluent_text(embedded):
     assert fluent.total_logprob > shuffled.total_logprob + 10
 
 
+def test_embedded_batched_scores_equal_one_at_a_time(embedded):
+    texts = ["My aunt got lost on the drive.", "The engineer fixed it.", "Hi.",
+             "Fairness tests compare how a model treats similar prompts about different groups of people.",
+             "She sells sea shells by the sea shore, and he buys them all."]
+    batched = ScoringEngine.from_loaded(embedded).score_texts(texts)
+    for text, many in zip(texts, batched):
+        [one] = ScoringEngine.from_loaded(embedded).score_texts([text])
+        assert max(abs(a - b) for a, b in zip(one.token_logprobs, many.token_logprobs)) < 1e-4
+        assert abs(one.total_logprob - many.total_logprob) < 1e-4
+
+
 def test_cli_audit_on_embedded_model(tmp_path):
     from typer.testing import CliRunner
 
