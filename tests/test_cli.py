@@ -70,7 +70,8 @@ def test_unknown_suite_model_and_missing_data(tiny_dir, pairs_csv, tmp_path):
 
 
 def test_suites_and_version():
-    assert "stereotype-pairs" in invoke("suites").stdout
+    listing = invoke("audits").stdout
+    assert "stereotype-pairs" in listing and "bundle gender: " in listing and "bundle all: " in listing
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("fairtune ")
 

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from conftest import write_csv
-from fairtune.audits import AUDITS, get_audit
+from fairtune.audits import AUDITS, AuditOptions, get_audit
 from fairtune.audits.stereotype_pairs import builtin_suite_path, pair_metrics, pair_outcome, read_pairs
 from fairtune.errors import FairtuneError, InputError
 from fairtune.runner import run_audit
@@ -84,8 +84,8 @@ def test_registry_contract():
     for name, cls in AUDITS.items():
         audit = get_audit(name)
         assert audit.name == name and cls.description and cls.data_format and cls.headline_metrics
-        assert len(audit.load(None).items) > 0  # every audit has a built-in suite
-    with pytest.raises(FairtuneError, match="known suites: .*stereotype-pairs"):
+        assert len(audit.load(None, AuditOptions()).items) > 0  # every audit has a built-in suite
+    with pytest.raises(FairtuneError, match="audits: .*stereotype-pairs"):
         get_audit("no-such-suite")
 
 

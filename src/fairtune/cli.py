@@ -43,42 +43,65 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_print_ver
 def audit(
     out: Annotated[Path, typer.Option(help="Run directory for records.jsonl and summary.json.")],
     model: Annotated[str, typer.Option(help="'embedded', a model directory, a .gguf file or a hub id.")] = "embedded",
-    suite: Annotated[str, typer.Option(help="Audit to run (see 'fairtune suites').")] = "stereotype-pairs",
-    data: Annotated[Optional[Path], typer.Option(help="Benchmark file in the suite's format; "
+    suite: Annotated[str, typer.Option(help="An audit, or a bundle such as 'gender' or 'all' "
+                                            "(see 'fairtune audits').")] = "stereotype-pairs",
+    data: Annotated[Optional[Path], typer.Option(help="Benchmark file in the audit's format; "
                                                       "default: the built-in suite.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Model to measure drift against "
+                                                          "(capability audit).")] = None,
+    responses: Annotated[Optional[Path], typer.Option(help="Score these outputs instead of generating "
+                                                           "(counterfactual audit).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out directory.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for bootstrap intervals (and sampling).")] = 0,
-    dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster, ~0.1 nat drift).")] = "float32",
-    max_batch_tokens: Annotated[int, typer.Option(help="Padded tokens per forward pass.", min=1)] = DEFAULT_MAX_BATCH_TOKENS,
+    dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster, drifts).")] = "float32",
+    max_batch_tokens: Annotated[int, typer.Option(help="Padded tokens per forward pass.", min=1)]
+        = DEFAULT_MAX_BATCH_TOKENS,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation budget of generative audits.", min=1)] = 48,
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
 ) -> None:
-    """Audit a model and write the run's records and summary."""
+    """Audit a model (one audit, or a bundle of them) and write the run's records and summary."""
+    from fairtune.audits import AUDITS
     from fairtune.console import summary_table
-    from fairtune.runner import run_audit
+    from fairtune.runner import run_audit, run_bundle
 
+    settings = dict(model=model, out=out, force=force, seed=seed, dtype=dtype, reference=reference,
+                    trust_remote_code=trust_remote_code, max_batch_tokens=max_batch_tokens,
+                    max_new_tokens=max_new_tokens, progress=not quiet and sys.stderr.isatty())
     try:
-        run = run_audit(suite, model=model, data=data, out=out, force=force, seed=seed, dtype=dtype,
-                        trust_remote_code=trust_remote_code, max_batch_tokens=max_batch_tokens,
-                        progress=not quiet and sys.stderr.isatty())
+        if suite in AUDITS:
+            runs = [run_audit(suite, data=data, responses=responses, **settings)]
+        elif data is not None or responses is not None:
+            raise FairtuneError(f"suite '{suite}': --data and --responses go with a single audit, not a bundle")
+        else:
+            runs = list(run_bundle(suite, **settings).runs.values())
     except FairtuneError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; nothing was written", 130) from None
+        raise _fail("interrupted; files already written are complete, the rest were not written", 130) from None
     if not quiet:
         console = Console()
-        console.print(summary_table(run.summary))
-        console.print(f"wrote {run.out_dir / 'records.jsonl'} and {run.out_dir / 'summary.json'} "
-                      f"({run.summary['wall_seconds']:.1f} s)", highlight=False)
+        for run in runs:
+            console.print(summary_table(run.summary))
+            console.print(f"wrote {run.out_dir / 'records.jsonl'} and {run.out_dir / 'summary.json'} "
+                          f"({run.summary['wall_seconds']:.1f} s)", highlight=False)
 
 
 @app.command()
-def suites() -> None:
-    """List the audits that can be run."""
-    from fairtune.audits import AUDITS
+def audits() -> None:
+    """List the audits and the bundles that group them."""
+    from fairtune.audits import AUDITS, bundle_members, bundle_names
 
     for name, cls in sorted(AUDITS.items()):
         typer.echo(f"{name}: {cls.description}\n    --data: {cls.data_format}")
+    for bundle in bundle_names():
+        typer.echo(f"bundle {bundle}: {', '.join(bundle_members(bundle))}")
+
+
+@app.command(hidden=True)
+def suites() -> None:
+    """Alias of 'audits'."""
+    audits()
 
 
 def main() -> None:

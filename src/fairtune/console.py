@@ -31,7 +31,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """One row per group (overall first), one column per metric, value [95% CI] and n."""
     metrics = summary["metrics"]
     names = list(next(iter(metrics.values())).keys()) if metrics else []
-    table = Table(title=f"{summary['suite']} - {summary['model']['spec']} "
+    subject = summary["model"]["spec"] if summary.get("model") else "given responses"
+    table = Table(title=f"{summary['suite']} - {subject} "
                         f"({summary['n_items']} items, seed {summary['seed']})", box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="value [95% bootstrap interval]; pct_*: % of pairs, 50 = no preference")
     table.add_column("group")

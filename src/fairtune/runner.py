@@ -1,4 +1,4 @@
-"""Run one audit end to end: validate, load, score, write ``records.jsonl`` and ``summary.json``.
+"""Run audits end to end: validate, load, score, write ``records.jsonl`` and ``summary.json``.
 
 The order is deliberate: the suite name, the output directory and the input data are all
 checked before the model loads, so bad input fails in a second and writes nothing.
@@ -13,60 +13,142 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fairtune.audits import get_audit
+from fairtune.audits import (AUDITS, Audit, AuditOptions, Dataset, bundle_members, bundle_names, get_audit,
+                             unknown_suite)
 from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
 from fairtune.io import prepare_out_dir, write_json, write_jsonl
 from fairtune.models import LoadedModel, load_model
 
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
+BUNDLE_FILE = "bundle.json"
+MAX_SKIPPED_LISTED = 20
 
 
 @dataclass
 class AuditRun:
-    """What a run produced. ``out_dir`` is ``None`` when nothing was written."""
+    """What one audit produced. ``out_dir`` is ``None`` when nothing was written."""
 
     summary: dict[str, Any]
     records: list[dict[str, Any]]
     out_dir: Path | None
 
 
-def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel = "embedded",
+@dataclass
+class BundleRun:
+    """A bundle's runs by audit name, and the bundle index written beside them."""
+
+    bundle: str
+    runs: dict[str, AuditRun]
+    index: dict[str, Any]
+    out_dir: Path | None
+
+
+def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | None = "embedded",
               data: str | Path | None = None, out: str | Path | None = None, force: bool = False,
               seed: int = 0, dtype: str = "float32", trust_remote_code: bool = False,
-              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False) -> AuditRun:
+              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False,
+              max_new_tokens: int = 48, reference: str | LoadedModel | None = None,
+              responses: str | Path | None = None) -> AuditRun:
     """Audit ``model`` on ``suite`` (its built-in items, or ``data``).
 
     ``model`` is a spec string (``embedded``, a directory, a ``.gguf`` file, a hub id) or an
     already loaded :class:`LoadedModel`, so a notebook can audit one model many times.
-    With ``out``, the artefacts are written there atomically; a non-empty ``out`` is refused
-    unless ``force``.
+    ``reference`` is the model that drift is measured against (capability); ``responses`` is
+    a file of outputs to score instead of generating (counterfactual). With ``out``, the
+    artefacts are written there atomically; a non-empty ``out`` is refused unless ``force``.
     """
     started = time.perf_counter()
     audit = get_audit(suite)
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
-    dataset = audit.load(Path(data) if data is not None else None)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = audit.run(loaded, dataset, seed=seed, progress=progress, max_batch_tokens=max_batch_tokens)
+    options = _options(seed, progress, max_batch_tokens, max_new_tokens, responses)
+    dataset = audit.load(Path(data) if data is not None else None, options)
+    loaded = _load(model, dtype, trust_remote_code) if audit.needs_model(dataset, options) else None
+    options.reference = _load(reference, dtype, trust_remote_code) if reference is not None else None
+    return _execute(audit, dataset, loaded, options, out_dir, started)
+
+
+def run_bundle(bundle: str, *, model: str | LoadedModel = "embedded", out: str | Path | None = None,
+               force: bool = False, seed: int = 0, dtype: str = "float32", trust_remote_code: bool = False,
+               max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False,
+               max_new_tokens: int = 48, reference: str | LoadedModel | None = None) -> BundleRun:
+    """Run every audit of a bundle (``gender``, ``all``, ...) on its built-in suite, the model
+    loaded once. Each audit gets its own run directory ``out/<audit>/``; ``out/bundle.json``
+    indexes their headline metrics."""
+    started = time.perf_counter()
+    if bundle not in bundle_names():
+        raise unknown_suite(bundle)
+    out_dir = prepare_out_dir(out, force=force) if out is not None else None
+    options = _options(seed, progress, max_batch_tokens, max_new_tokens, None)
+    planned: list[tuple[Audit, Dataset]] = []
+    for name in bundle_members(bundle):
+        audit = AUDITS[name]()
+        dataset = audit.subset(audit.load(None, options), bundle)
+        if dataset.items:
+            planned.append((audit, dataset))
+    loaded = _load(model, dtype, trust_remote_code)
+    options.reference = _load(reference, dtype, trust_remote_code) if reference is not None else None
+    runs = {}
+    for audit, dataset in planned:
+        sub_dir = out_dir / audit.name if out_dir is not None else None
+        runs[audit.name] = _execute(audit, dataset, loaded, options, sub_dir, time.perf_counter(), bundle)
+    index = {
+        "bundle": bundle,
+        "audits": {name: {"n_items": run.summary["n_items"],
+                          "headline": {m: run.summary["metrics"]["overall"].get(m)
+                                       for m in run.summary["headline_metrics"]}}
+                   for name, run in runs.items()},
+        "model": loaded.describe(),
+        "seed": seed,
+        "fairtune_version": _version(),
+        "created_at": _now(),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+    if out_dir is not None:
+        write_json(out_dir / BUNDLE_FILE, index)
+    return BundleRun(bundle, runs, index, out_dir)
+
+
+def _options(seed, progress, max_batch_tokens, max_new_tokens, responses) -> AuditOptions:
+    return AuditOptions(seed=seed, progress=progress, max_batch_tokens=max_batch_tokens,
+                        max_new_tokens=max_new_tokens, responses=Path(responses) if responses else None)
+
+
+def _load(model: str | LoadedModel, dtype: str, trust_remote_code: bool) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _execute(audit: Audit, dataset: Dataset, loaded: LoadedModel | None, options: AuditOptions,
+             out_dir: Path | None, started: float, bundle: str | None = None) -> AuditRun:
+    result = audit.run(loaded, dataset, options)
     summary = {
         "suite": audit.name,
+        "bundle": bundle,
         "metrics": result.metrics.as_dict(),
         "headline_metrics": list(audit.headline_metrics),
         "n_items": len(result.records),
-        "model": loaded.describe() | {"load_seconds": loaded.load_seconds},
+        "n_skipped": len(dataset.skipped),
+        "skipped": dataset.skipped[:MAX_SKIPPED_LISTED],
+        "model": (loaded.describe() | {"load_seconds": loaded.load_seconds}) if loaded else None,
+        "reference_model": options.reference.describe() if options.reference is not None else None,
         "data": {"source": dataset.source, "sha256": dataset.sha256, "format": dataset.format},
         "details": result.details,
-        "seed": seed,
+        "seed": options.seed,
         "fairtune_version": _version(),
         "environment": _environment(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _now(),
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
     if out_dir is not None:
         write_jsonl(out_dir / RECORDS_FILE, result.records)
         write_json(out_dir / SUMMARY_FILE, summary)
     return AuditRun(summary, result.records, out_dir)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _version() -> str:

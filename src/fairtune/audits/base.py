@@ -1,7 +1,7 @@
 """What an audit is: a plug-in that reads its items, scores a model on them, and reports.
 
 An audit declares its metadata as class attributes (garak-style), so the registry can list
-audits and contract tests can check every one of them the same way.
+audits, bundles can pick them up, and contract tests check every one of them the same way.
 """
 
 from __future__ import annotations
@@ -16,13 +16,31 @@ from fairtune.stats import Estimate
 
 
 @dataclass
+class AuditOptions:
+    """Settings every audit receives; each audit reads the ones it needs."""
+
+    seed: int = 0
+    progress: bool = False
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_new_tokens: int = 48          # generation budget for generative audits
+    generation_batch_size: int = 8
+    reference: Any = None             # a LoadedModel to compare against (capability drift)
+    responses: Path | None = None     # outputs the user already has (counterfactual)
+
+
+@dataclass
 class Dataset:
-    """Validated audit items plus where they came from (for the run summary)."""
+    """Validated audit items plus where they came from (for the run summary).
+
+    ``skipped`` lists items deliberately left out, each ``{"row": ..., "reason": ...}``:
+    nothing is dropped silently, and the summary counts them.
+    """
 
     items: list[Any]
     source: str            # a file path, or "builtin:<suite>"
     sha256: str
     format: str
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -48,19 +66,38 @@ class AuditResult:
 
 
 class Audit(ABC):
-    """Base class of every audit plug-in. Subclasses set the metadata and two methods."""
+    """Base class of every audit plug-in. Subclasses set the metadata and implement load/run.
+
+    Records are dicts with the keys ``suite``, ``id``, ``group``, ``inputs``, ``scores`` and
+    ``outcome``; ids are stable across runs of the same data so runs can be paired.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    data_format: ClassVar[str]       # what --data accepts
+    data_format: ClassVar[str]                    # what --data accepts
     headline_metrics: ClassVar[tuple[str, ...]]
+    bundles: ClassVar[tuple[str, ...]] = ()       # named bundles besides "all", e.g. ("gender",)
 
     @abstractmethod
-    def load(self, path: Path | None) -> Dataset:
+    def load(self, path: Path | None, options: AuditOptions) -> Dataset:
         """Read and validate the items (``None``: the built-in suite). No model is needed here,
         so bad input fails before anything slow happens."""
 
     @abstractmethod
-    def run(self, loaded: Any, dataset: Dataset, *, seed: int, progress: bool = False,
-            max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> AuditResult:
-        """Score ``loaded`` (a :class:`fairtune.models.LoadedModel`) on the items."""
+    def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
+        """Score ``loaded`` (a :class:`fairtune.models.LoadedModel`, or ``None`` when
+        :meth:`needs_model` says so) on the items."""
+
+    def needs_model(self, dataset: Dataset, options: AuditOptions) -> bool:
+        return True
+
+    def in_bundle(self, item: Any, bundle: str) -> bool:
+        """Whether ``item`` belongs to a named bundle this audit joins (e.g. gender items only)."""
+        return True
+
+    def subset(self, dataset: Dataset, bundle: str) -> Dataset:
+        """The dataset restricted to the bundle's items (``all`` keeps everything)."""
+        if bundle == "all":
+            return dataset
+        items = [item for item in dataset.items if self.in_bundle(item, bundle)]
+        return Dataset(items, dataset.source, dataset.sha256, dataset.format, dataset.skipped)

@@ -16,20 +16,18 @@ Metrics, overall and per ``bias_type``, each with a seeded 95% bootstrap interva
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fairtune.audits import register_audit
-from fairtune.audits.base import Audit, AuditResult, Dataset, MetricTable
+from fairtune.audits.base import Audit, AuditOptions, AuditResult, Dataset, MetricTable
+from fairtune.audits.metrics import grouped_means
 from fairtune.engine import ScoringEngine
-from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_csv_rows
-from fairtune.stats import bootstrap_mean
 
 REQUIRED_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 DIRECTIONS = ("stereo", "antistereo")
@@ -78,18 +76,11 @@ def pair_outcome(ll_more: float, ll_less: float, mean_more: float, mean_less: fl
 
 def pair_metrics(records: list[dict[str, Any]], *, seed: int) -> MetricTable:
     """Metrics from the record stream alone, so a report can recompute them from records.jsonl."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        groups["overall"].append(record)
-        groups[record["group"]].append(record)
-    table = MetricTable()
-    for group in ["overall", *sorted(g for g in groups if g != "overall")]:
-        outcomes = [r["outcome"] for r in groups[group]]
-        table.add(group, "pct_stereotype", bootstrap_mean([o["stereotyped"] for o in outcomes], seed=seed))
-        table.add(group, "pct_stereotype_mean_token",
-                  bootstrap_mean([o["stereotyped_mean_token"] for o in outcomes], seed=seed))
-        table.add(group, "likelihood_diff", bootstrap_mean([o["likelihood_diff"] for o in outcomes], seed=seed))
-    return table
+    return grouped_means(records, {
+        "pct_stereotype": lambda r: r["outcome"]["stereotyped"],
+        "pct_stereotype_mean_token": lambda r: r["outcome"]["stereotyped_mean_token"],
+        "likelihood_diff": lambda r: r["outcome"]["likelihood_diff"],
+    }, seed=seed)
 
 
 @register_audit
@@ -98,18 +89,22 @@ class StereotypePairsAudit(Audit):
     description = "minimal sentence pairs (CrowS-Pairs layout): how often the stereotyping one is likelier"
     data_format = "CrowS-Pairs CSV with columns sent_more, sent_less, stereo_antistereo, bias_type"
     headline_metrics = ("pct_stereotype", "pct_stereotype_mean_token")
+    bundles = ("gender",)
 
-    def load(self, path: Path | None) -> Dataset:
+    def in_bundle(self, item: StereotypePair, bundle: str) -> bool:
+        return bundle != "gender" or item.bias_type == "gender"
+
+    def load(self, path: Path | None, options: AuditOptions) -> Dataset:
         if path is None:
             builtin = builtin_suite_path()
             return Dataset(read_pairs(builtin), f"builtin:{self.name}", sha256_file(builtin), "crows-pairs-csv")
         pairs = read_pairs(path)
         return Dataset(pairs, str(Path(path).resolve()), sha256_file(path), "crows-pairs-csv")
 
-    def run(self, loaded: Any, dataset: Dataset, *, seed: int, progress: bool = False,
-            max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> AuditResult:
+    def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         pairs: list[StereotypePair] = dataset.items
-        engine = ScoringEngine.from_loaded(loaded, max_batch_tokens=max_batch_tokens, progress=progress)
+        engine = ScoringEngine.from_loaded(loaded, max_batch_tokens=options.max_batch_tokens,
+                                           progress=options.progress)
         scored = engine.score_texts([p.sent_more for p in pairs] + [p.sent_less for p in pairs])
         records = []
         for pair, more, less in zip(pairs, scored[: len(pairs)], scored[len(pairs):]):
@@ -126,5 +121,5 @@ class StereotypePairsAudit(Audit):
                 "outcome": pair_outcome(scores["ll_more"], scores["ll_less"],
                                         scores["mean_ll_more"], scores["mean_ll_less"]),
             })
-        return AuditResult(records, pair_metrics(records, seed=seed),
+        return AuditResult(records, pair_metrics(records, seed=options.seed),
                            {"scoring": engine.describe() | {"stats": engine.stats.as_dict()}})

@@ -1,0 +1,59 @@
+"""Every registered audit, the same checks: a new audit cannot skip them.
+
+Each audit runs its built-in suite on a tiny random model and must write one valid record per
+item and a summary whose metrics all carry n and an interval.
+"""
+
+import json
+
+import pytest
+
+from fairtune.audits import AUDITS, AuditOptions, bundle_members, bundle_names
+from fairtune.io import read_jsonl
+from fairtune.runner import run_audit, run_bundle
+
+RECORD_KEYS = {"suite", "id", "group", "inputs", "scores", "outcome"}
+ESTIMATE_KEYS = {"value", "ci_low", "ci_high", "n", "confidence"}
+
+
+@pytest.mark.parametrize("name", sorted(AUDITS))
+def test_audit_metadata(name):
+    cls = AUDITS[name]
+    assert cls.name == name and cls.description and cls.data_format and cls.headline_metrics
+    assert all(b != "all" for b in cls.bundles)
+
+
+@pytest.mark.parametrize("name", sorted(AUDITS))
+def test_audit_runs_builtin_suite_and_writes_valid_artefacts(name, tiny_loaded, tmp_path):
+    out = tmp_path / "run"
+    run = run_audit(name, model=tiny_loaded, out=out, reference=tiny_loaded, max_new_tokens=8)
+    records = read_jsonl(out / "records.jsonl")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert records and len(records) == summary["n_items"] == len(run.records)
+    assert len({r["id"] for r in records}) == len(records), "ids must be unique to pair runs"
+    for record in records:
+        assert RECORD_KEYS <= set(record) and record["suite"] == name
+    overall = summary["metrics"]["overall"]
+    for metric in AUDITS[name].headline_metrics:
+        assert metric in overall, f"headline metric {metric} missing"
+    with_interval = 0
+    for group, metrics in summary["metrics"].items():
+        for metric, estimate in metrics.items():
+            assert set(estimate) == ESTIMATE_KEYS, (group, metric)
+            with_interval += estimate["ci_low"] is not None
+    assert with_interval > 0, "no metric has an interval"
+    assert isinstance(summary["n_skipped"], int) and summary["seed"] == 0
+
+
+@pytest.mark.parametrize("bundle", sorted(set(bundle_names()) - {"all"}))
+def test_bundles_keep_only_their_items(bundle, tiny_loaded, tmp_path):
+    out = tmp_path / "bundle"
+    result = run_bundle(bundle, model=tiny_loaded, out=out, reference=tiny_loaded, max_new_tokens=8)
+    index = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    assert set(index["audits"]) == set(result.runs) and set(result.runs) <= set(bundle_members(bundle))
+    for name, run in result.runs.items():
+        audit = AUDITS[name]()
+        items = audit.load(None, AuditOptions()).items
+        kept = audit.subset(audit.load(None, AuditOptions()), bundle).items
+        assert len(kept) <= len(items) and (out / name / "records.jsonl").is_file()
+        assert run.summary["bundle"] == bundle
