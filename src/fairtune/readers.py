@@ -1,14 +1,17 @@
-"""Read tabular input files with errors that name the file, row and field.
+"""Read input files (CSV/TSV, JSON, JSONL) with errors that name the file, row and field.
 
-Rows are numbered as a spreadsheet shows them: the header is row 1, the first data row is 2.
+CSV rows are numbered as a spreadsheet shows them: the header is row 1, the first data row is 2.
+JSON and JSONL errors give the line number as the row.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from fairtune.errors import InputError
 
@@ -40,13 +43,15 @@ def _locate_byte(raw: bytes, offset: int) -> tuple[int, str | None]:
     return row, (names[column] if 0 <= column < len(names) else None)
 
 
-def read_csv_rows(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield ``(row_number, row)`` for every data row; all ``required`` columns must exist and be non-empty."""
+def read_csv_rows(path: str | Path, required: Sequence[str], *,
+                  delimiter: str = ",") -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(row_number, row)`` for every data row; all ``required`` columns must exist and be
+    non-empty. ``delimiter="\t"`` reads TSV."""
     path = Path(path)
     text = read_text(path)
     if not text.strip():
-        raise InputError("empty file, expected a CSV header and rows", file=path)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+        raise InputError("empty file, expected a header and rows", file=path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [name.strip() for name in (reader.fieldnames or [])]
     reader.fieldnames = header
     for name in required:
@@ -67,3 +72,40 @@ def read_csv_rows(path: str | Path, required: Sequence[str]) -> Iterator[tuple[i
         yield row_number, row
     if count == 0:
         raise InputError("no data rows after the header", file=path)
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON document; a syntax error names its line (as the row) and column."""
+    path = Path(path)
+    text = read_text(path)
+    if not text.strip():
+        raise InputError("empty file, expected JSON", file=path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON at column {exc.colno}: {exc.msg}", file=path, row=exc.lineno) from None
+
+
+def read_jsonl_rows(path: str | Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for every non-blank line of a JSONL file; each line must be a
+    JSON object with the ``required`` keys present and not empty."""
+    path = Path(path)
+    text = read_text(path)
+    count = 0
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON at column {exc.colno}: {exc.msg}", file=path, row=line_number) from None
+        if not isinstance(obj, dict):
+            raise InputError("expected a JSON object on each line", file=path, row=line_number)
+        for name in required:
+            value = obj.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise InputError("missing or empty", file=path, row=line_number, field=name)
+        count += 1
+        yield line_number, obj
+    if count == 0:
+        raise InputError("empty file, expected JSON lines", file=path)
