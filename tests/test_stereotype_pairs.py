@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from conftest import write_csv
-from fairtune.audits import AUDITS, AuditOptions, get_audit
+from fairtune.audits import AuditOptions, get_audit
 from fairtune.audits.stereotype_pairs import builtin_suite_path, pair_metrics, pair_outcome, read_pairs
 from fairtune.errors import FairtuneError, InputError
 from fairtune.runner import run_audit
@@ -79,14 +79,15 @@ def test_bad_input_names_file_row_and_field(tmp_path, case):
     assert message.startswith(str(path)) and text in message and "\n" not in message
 
 
-def test_registry_contract():
-    assert "stereotype-pairs" in AUDITS
-    for name, cls in AUDITS.items():
-        audit = get_audit(name)
-        assert audit.name == name and cls.description and cls.data_format and cls.headline_metrics
-        assert len(audit.load(None, AuditOptions()).items) > 0  # every audit has a built-in suite
-    with pytest.raises(FairtuneError, match="audits: .*stereotype-pairs"):
+def test_unknown_suite_lists_audits_and_bundles():
+    with pytest.raises(FairtuneError, match="audits: .*stereotype-pairs.*bundles: all"):
         get_audit("no-such-suite")
+
+
+def test_gender_bundle_keeps_gender_pairs_only():
+    audit = get_audit("stereotype-pairs")
+    kept = audit.subset(audit.load(None, AuditOptions()), "gender").items
+    assert kept and {p.bias_type for p in kept} == {"gender"}
 
 
 def test_run_audit_end_to_end_on_tiny_model(tiny_loaded, pairs_csv, tmp_path):
