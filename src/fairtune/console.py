@@ -34,7 +34,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
     subject = summary["model"]["spec"] if summary.get("model") else "given responses"
     table = Table(title=f"{summary['suite']} - {subject} "
                         f"({summary['n_items']} items, seed {summary['seed']})", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption="value [95% bootstrap interval]; pct_*: % of pairs, 50 = no preference")
+                  caption="value [95% bootstrap interval]"
+                          + ("; pct_*: % of pairs, 50 = no preference" if any(n.startswith("pct_") for n in names)
+                             else ""))
     table.add_column("group")
     table.add_column("n", justify="right")
     for name in names:
