@@ -18,7 +18,7 @@ class InputError(FairtuneError):
     """Bad input data, located by file, row and field where they are known."""
 
     def __init__(self, message: str, *, file: str | Path | None = None,
-                 row: int | None = None, field: str | None = None):
+                 row: int | str | None = None, field: str | None = None):
         self.file, self.row, self.field, self.reason = file, row, field, message
         where = []
         if file is not None:
