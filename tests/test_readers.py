@@ -39,3 +39,18 @@ def test_json_errors_name_the_line(tmp_path):
     assert info.value.row == 2
     path.write_text('{"data": {}}', encoding="utf-8")
     assert read_json(path) == {"data": {}}
+
+
+def test_bad_utf8_names_column_only_in_tables(tmp_path):
+    from fairtune.readers import read_text
+
+    tsv = tmp_path / "a.tsv"
+    tsv.write_bytes(b"sentid\tsentence\nx.1\tcaf\xe9\n")
+    with pytest.raises(InputError) as info:
+        read_text(tsv)
+    assert (info.value.row, info.value.field) == (2, "sentence")
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(InputError) as info:
+        read_text(jsonl)
+    assert (info.value.row, info.value.field) == (2, None)

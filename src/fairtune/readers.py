@@ -28,6 +28,8 @@ def read_text(path: str | Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         row, field = _locate_byte(raw, exc.start)
+        if path.suffix.lower() not in (".csv", ".tsv"):
+            field = None  # column names only mean something in a table
         raise InputError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
                          "save the file as UTF-8", file=path, row=row, field=field) from None
 
@@ -37,9 +39,10 @@ def _locate_byte(raw: bytes, offset: int) -> tuple[int, str | None]:
     row = raw.count(b"\n", 0, offset) + 1
     line_start = raw.rfind(b"\n", 0, offset) + 1
     header = raw.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    names = next(csv.reader([header]), [])
+    delimiter = "\t" if "\t" in header and "," not in header else ","
+    names = next(csv.reader([header], delimiter=delimiter), [])
     before = raw[line_start:offset].decode("utf-8", errors="replace")
-    column = len(next(csv.reader([before + "x"]), [""])) - 1
+    column = len(next(csv.reader([before + "x"], delimiter=delimiter), [""])) - 1
     return row, (names[column] if 0 <= column < len(names) else None)
 
 

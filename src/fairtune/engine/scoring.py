@@ -57,6 +57,19 @@ class ScoredText:
 
 
 @dataclass
+class TokenDivergence:
+    """How far the audited model's next-token distributions are from a reference's, per
+    continuation token: KL(reference || audited) in nats, and whether the two models' most
+    likely tokens agree there."""
+
+    context: str
+    continuation: str
+    token_ids: list[int]
+    kl: list[float]
+    same_argmax: list[bool]
+
+
+@dataclass
 class ScoringStats:
     """Work done by an engine so far: real tokens, tokens including padding, forward time."""
 
@@ -65,6 +78,12 @@ class ScoringStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     seconds: float = 0.0
+
+    def count(self, batch: list[Any], ids: Any, mask: Any) -> None:
+        self.sequences += len(batch)
+        self.batches += 1
+        self.real_tokens += int(mask.sum())
+        self.padded_tokens += ids.numel()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +150,59 @@ class ScoringEngine:
         return [ScoredText(c, x, item.input_ids[len(item.input_ids) - item.n_scored:], logprobs[item.index])
                 for c, x, item in zip(contexts, continuations, items)]
 
+    def kl_from(self, reference: ScoringEngine, contexts: Sequence[str],
+                continuations: Sequence[str]) -> list[TokenDivergence]:
+        """KL(reference || self) = sum_v p_ref(v) * (log p_ref(v) - log p_self(v)) at every
+        continuation token, both models conditioned on the same context + continuation prefix.
+
+        Items are tokenised and batched exactly as :meth:`score_continuations` does (this
+        engine's conventions and token budget), and both models read the same batches. Each
+        batch's logits become float32 log-softmax rows for the scored positions only, and are
+        freed before the next batch, so at most one batch of full distributions is in memory.
+        The vocabularies are compared before any work, so a call with no items checks
+        compatibility alone.
+        """
+        import torch
+
+        if len(contexts) != len(continuations):
+            raise ValueError("contexts and continuations differ in length")
+        mine, theirs = self.model.config.vocab_size, reference.model.config.vocab_size
+        if mine != theirs:
+            raise FairtuneError(f"reference model has {theirs} output tokens, the audited model {mine}: "
+                                "KL needs both models on one tokenizer")
+        if (reference.tokenizer is not self.tokenizer
+                and reference.tokenizer.get_vocab() != self.tokenizer.get_vocab()):
+            raise FairtuneError("the reference model's tokenizer vocabulary differs from the audited model's: "
+                                "KL needs both models on one tokenizer")
+        items = [self._encode(i, c, x) for i, (c, x) in enumerate(zip(contexts, continuations))]
+        kls: list[list[float]] = [[] for _ in items]
+        same: list[list[bool]] = [[] for _ in items]
+        with progress_bar(self.progress) as bar:
+            task = bar.add_task("comparing", total=len(items))
+            for batch in self._batches(items):
+                ids, mask, rows, cols = self._pad(batch)
+                logprobs = []
+                with torch.inference_mode():
+                    for engine in (reference, self):
+                        started = time.perf_counter()
+                        logits = engine.model(input_ids=ids, attention_mask=mask).logits
+                        # Index before upcasting: only the scored rows ever exist in float32.
+                        logprobs.append(torch.log_softmax(logits[rows, cols - 1].float(), dim=-1))
+                        del logits
+                        engine.stats.seconds += time.perf_counter() - started
+                    ref, own = logprobs
+                    # Rounding can leave a true zero a hair below it; KL is never negative.
+                    kl = (ref.exp() * (ref - own)).sum(-1).clamp_min(0.0)
+                    agree = ref.argmax(-1) == own.argmax(-1)
+                for engine in (reference, self):
+                    engine.stats.count(batch, ids, mask)
+                for item, values, agreed in zip(batch, _split(kl.tolist(), batch), _split(agree.tolist(), batch)):
+                    kls[item.index], same[item.index] = values, agreed
+                bar.advance(task, len(batch))
+        return [TokenDivergence(c, x, item.input_ids[len(item.input_ids) - item.n_scored:], kls[item.index],
+                                same[item.index])
+                for c, x, item in zip(contexts, continuations, items)]
+
     # -- tokenisation -------------------------------------------------------------------
 
     def _choose_prefix(self, policy: PrefixPolicy) -> int:
@@ -191,20 +263,26 @@ class ScoringEngine:
 
     # -- the forward pass ---------------------------------------------------------------
 
-    def _forward(self, batch: list[_Item]) -> list[list[float]]:
+    def _pad(self, batch: list[_Item]):
+        """Right-padded ids and mask, and the (row, position) of every scored token: its
+        distribution is the one the model predicts at the position before."""
         import torch
 
         width = len(batch[0].input_ids)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, item in enumerate(batch):
             ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
             mask[row, : len(item.input_ids)] = 1
-        # (row, position) of every scored token; its logits come from the position before.
         rows = torch.cat([torch.full((item.n_scored,), r) for r, item in enumerate(batch)])
         cols = torch.cat([torch.arange(len(item.input_ids) - item.n_scored, len(item.input_ids))
                           for item in batch])
+        return ids, mask, rows, cols
+
+    def _forward(self, batch: list[_Item]) -> list[list[float]]:
+        import torch
+
+        ids, mask, rows, cols = self._pad(batch)
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask).logits
@@ -212,13 +290,14 @@ class ScoringEngine:
             targets = ids[rows, cols]
             values = picked.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
         self.stats.seconds += time.perf_counter() - started
-        self.stats.sequences += len(batch)
-        self.stats.batches += 1
-        self.stats.real_tokens += int(mask.sum())
-        self.stats.padded_tokens += ids.numel()
-        flat = values.tolist()
-        out, start = [], 0
-        for item in batch:
-            out.append(flat[start: start + item.n_scored])
-            start += item.n_scored
-        return out
+        self.stats.count(batch, ids, mask)
+        return _split(values.tolist(), batch)
+
+
+def _split(flat: list[Any], batch: list[_Item]) -> list[list[Any]]:
+    """Cut a flat list of per-scored-token values back into one list per item."""
+    out, start = [], 0
+    for item in batch:
+        out.append(flat[start: start + item.n_scored])
+        start += item.n_scored
+    return out
