@@ -28,9 +28,11 @@ def _header(name: str, width: int = 18) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """One row per group (overall first), one column per metric, value [95% CI] and n."""
+    """One row per group (overall first), one column per headline metric, value [95% CI] and n."""
     metrics = summary["metrics"]
-    names = list(next(iter(metrics.values())).keys()) if metrics else []
+    every = list(next(iter(metrics.values())).keys()) if metrics else []
+    # The headline metrics fit a terminal; summary.json holds the rest.
+    names = [m for m in summary.get("headline_metrics", []) if m in every] or every
     subject = summary["model"]["spec"] if summary.get("model") else "given responses"
     table = Table(title=f"{summary['suite']} - {subject} "
                         f"({summary['n_items']} items, seed {summary['seed']})", box=box.SIMPLE_HEAD, pad_edge=False,
