@@ -62,7 +62,7 @@ from fairtune.engine import GenerationEngine, ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_jsonl_rows, read_text
-from fairtune.stats import Estimate
+from fairtune.stats import Estimate, bootstrap_statistic
 
 SUITE = "capability"
 # 24 passages of 60-70 words on 8 everyday topics: short enough that each fits even the
@@ -76,7 +76,6 @@ REFUSED_SUFFIXES = (".json", ".csv", ".tsv")
 PLAIN_TEXT_TOPIC = "text"
 DRIFT_GROUP = "drift"
 DRIFT_ID_PREFIX = "drift-"
-N_RESAMPLES = 2000
 NO_REFERENCE = "no reference model given"
 EMPTY_REPLY = "the reference model's reply was empty"
 
@@ -256,16 +255,8 @@ def ratio_estimate(numerators: Sequence[float], denominators: Sequence[float], *
     """``transform(sum(numerators) / sum(denominators))`` with a 95% percentile bootstrap
     interval that resamples items (numerator and denominator together), seeded."""
     num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
-    n = int(num.size)
-    if n == 0:
-        return Estimate(None, None, None, 0)
-    value = _finite(float(transform(np.array(num.sum() / den.sum()))))
-    if n < 2:
-        return Estimate(value, None, None, n)
-    picks = np.random.default_rng(seed).integers(0, n, size=(N_RESAMPLES, n))
-    resampled = transform(num[picks].sum(axis=1) / den[picks].sum(axis=1))
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return Estimate(value, _finite(float(low)), _finite(float(high)), n)
+    return bootstrap_statistic(int(num.size), lambda i: _finite(float(transform(num[i].sum() / den[i].sum()))),
+                               seed=seed)
 
 
 def capability_metrics(records: Sequence[dict[str, Any]], *, seed: int) -> MetricTable:

@@ -63,7 +63,6 @@ run has no ``winogender_*`` metric, headline or not. Every group carries the sam
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -81,7 +80,7 @@ from fairtune.engine import ScoredText, ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_csv_rows, read_text
-from fairtune.stats import Estimate
+from fairtune.stats import Estimate, bootstrap_statistic
 
 QUESTION = " In this sentence, '{pronoun}' refers to"
 WINOBIAS_NAME = re.compile(r"^(pro|anti)_stereotyped_(type[12])\.txt(?:\.(dev|test))?$")
@@ -97,7 +96,6 @@ PRONOUNS = {
     "neutral": ("they", "them", "their", "theirs", "themselves", "themself"),
 }
 ALL_PRONOUNS = frozenset(p for forms in PRONOUNS.values() for p in forms)
-N_RESAMPLES = 2000
 CONFIDENCE = 0.95
 METRIC_ORDER = ("accuracy", "winobias_accuracy_pro", "winobias_accuracy_anti", "winobias_gap", "winogender_accuracy",
                 "winogender_correlation", "winogender_margin_correlation")
@@ -453,18 +451,15 @@ def _correct_if(selected: Callable[[Record], bool]) -> Callable[[Record], bool |
 
 def winobias_gap(records: list[Record], *, seed: int) -> Estimate:
     """accuracy(pro) - accuracy(anti), the interval from resampling each set with replacement."""
-    pro = np.array([r["outcome"]["correct"] for r in records if _is("winobias", stance="pro")(r)], dtype=float)
-    anti = np.array([r["outcome"]["correct"] for r in records if _is("winobias", stance="anti")(r)], dtype=float)
-    n = int(pro.size + anti.size)
-    if pro.size == 0 or anti.size == 0:
-        return Estimate(None, None, None, n)
-    value = float(pro.mean() - anti.mean())
-    if pro.size < 2 or anti.size < 2:
-        return Estimate(value, None, None, n)
-    rng = np.random.default_rng(seed)
-    gaps = (pro[rng.integers(0, pro.size, (N_RESAMPLES, pro.size))].mean(axis=1)
-            - anti[rng.integers(0, anti.size, (N_RESAMPLES, anti.size))].mean(axis=1))
-    return Estimate(value, *_percentile_interval(gaps), n)
+    chosen = [r for r in records if _is("winobias")(r) and r["inputs"]["stance"] in ("pro", "anti")]
+    correct = np.array([r["outcome"]["correct"] for r in chosen], dtype=float)
+    is_pro = np.array([r["inputs"]["stance"] == "pro" for r in chosen])
+
+    def gap(i: np.ndarray) -> float | None:
+        pro, anti = correct[i][is_pro[i]], correct[i][~is_pro[i]]
+        return float(pro.mean() - anti.mean()) if pro.size and anti.size else None
+
+    return bootstrap_statistic(len(chosen), gap, seed=seed, confidence=CONFIDENCE, strata=is_pro)
 
 
 def occupation_preferences(records: list[Record]) -> dict[str, dict[str, Any]]:
@@ -507,17 +502,11 @@ def winogender_correlation(records: list[Record], *, seed: int, preference: str 
     table = occupation_preferences(records)
     x = np.array([row["bls_pct_female"] for row in table.values()], dtype=float)
     y = np.array([row[preference] for row in table.values()], dtype=float)
-    n = int(x.size)
-    r = float(_pearson_rows(x[None, :], y[None, :])[0]) if n >= 3 else math.nan
-    if math.isnan(r):
-        return Estimate(None, None, None, n)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n, (N_RESAMPLES, n))
-    resampled = _pearson_rows(x[picks], y[picks])
-    resampled = resampled[np.isfinite(resampled)]
-    if resampled.size == 0:
-        return Estimate(r, None, None, n)
-    return Estimate(r, *_percentile_interval(resampled), n)
+
+    def pearson(i: np.ndarray) -> float | None:
+        return float(_pearson_rows(x[None, i], y[None, i])[0]) if i.size >= 3 else None
+
+    return bootstrap_statistic(int(x.size), pearson, seed=seed, confidence=CONFIDENCE)
 
 
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -529,12 +518,6 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         r = (dx * dy).sum(axis=1) / denominator
     r[denominator <= 1e-12] = np.nan
     return np.clip(r, -1.0, 1.0)
-
-
-def _percentile_interval(samples: np.ndarray) -> tuple[float, float]:
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 # -- the audit -------------------------------------------------------------------------------

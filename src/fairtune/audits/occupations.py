@@ -25,7 +25,8 @@ Metrics, over occupations (the unit of resampling), overall and per band of shar
   ``spearman_with_share_women`` is the rank version (robust to a few extreme occupations).
 
 The first three are means of per-occupation values (``grouped_means``); the correlations are
-not, so they get their own seeded percentile bootstrap over occupations (2000 resamples).
+not, so their intervals come from ``fairtune.stats.bootstrap_statistic``, a seeded percentile
+bootstrap over occupations (2000 resamples).
 
 The built-in list is ours; each share is the "Women" percentage of its row of the US Bureau of
 Labor Statistics, Current Population Survey, 2022 annual averages, Table 11 "Employed persons by
@@ -53,7 +54,7 @@ from fairtune.engine import ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_csv_rows, read_text
-from fairtune.stats import Estimate
+from fairtune.stats import Estimate, bootstrap_statistic
 from fairtune.stats.bootstrap import DEFAULT_RESAMPLES
 
 REQUIRED_COLUMNS = ("occupation", "share_women")
@@ -248,20 +249,11 @@ def bootstrap_correlation(x: list[float], y: list[float], *, seed: int, method: 
     which a variable comes out constant have no correlation and are left out of the interval.
     """
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = int(xs.size)
-    if n < MIN_FOR_CORRELATION:
-        return Estimate(None, None, None, n, confidence)
-    value = float(correlation(xs[None, :], ys[None, :], method)[0])
-    if math.isnan(value):
-        return Estimate(None, None, None, n, confidence)
-    index = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
-    resampled = correlation(xs[index], ys[index], method)
-    resampled = resampled[~np.isnan(resampled)]
-    if resampled.size == 0:
-        return Estimate(value, None, None, n, confidence)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(resampled, [tail, 100 - tail])
-    return Estimate(value, float(low), float(high), n, confidence)
+
+    def r(i: np.ndarray) -> float | None:
+        return float(correlation(xs[None, i], ys[None, i], method)[0]) if i.size >= MIN_FOR_CORRELATION else None
+
+    return bootstrap_statistic(int(xs.size), r, seed=seed, n_resamples=n_resamples, confidence=confidence)
 
 
 def occupation_metrics(records: list[dict[str, Any]], *, seed: int) -> MetricTable:

@@ -44,16 +44,14 @@ from fairtune.engine import ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_json
-from fairtune.stats import Estimate
+from fairtune.stats import Estimate, bootstrap_statistic
+from fairtune.stats.bootstrap import DEFAULT_RESAMPLES
 
 SPLITS = ("intrasentence", "intersentence")
 GOLD_LABELS = ("stereotype", "anti-stereotype", "unrelated")
 HUMAN_LABELS = (*GOLD_LABELS, "related")   # what annotators may say (the official loader's set)
 BLANK = "BLANK"
 METRICS = ("ss", "lms", "icat")
-N_RESAMPLES = 2000
-# Resamples drawn per block, so a full dev.json (~4,200 examples) never holds 2000 x n indices at once.
-RESAMPLE_BLOCK_ELEMENTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -212,31 +210,22 @@ def stereoset_scores(codes: np.ndarray, pro: np.ndarray, related: np.ndarray,
 
 
 def bootstrap_stereoset(targets: list[str], pro: list[bool], related: list[int], *, seed: int,
-                        n_resamples: int = N_RESAMPLES) -> dict[str, Estimate]:
+                        n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Estimate]:
     """SS, LMS and ICAT of one set of examples, each with a percentile bootstrap interval.
 
     Examples are resampled with replacement and the per-target averaging redone in each
-    resample; the three metrics share the resamples. Fewer than two examples: no interval.
+    resample; the three metrics share the resamples (same seed, same draws). Fewer than two
+    examples: no interval.
     """
     index = {name: i for i, name in enumerate(sorted(set(targets)))}
     codes = np.array([index[t] for t in targets], dtype=np.int64)
     pro_arr, related_arr = np.asarray(pro, dtype=float), np.asarray(related, dtype=float)
-    n = len(targets)
-    point = stereoset_scores(codes[None, :], pro_arr[None, :], related_arr[None, :], len(index))
-    if n < 2:
-        return {m: Estimate(float(v[0]), None, None, n) for m, v in zip(METRICS, point)}
-    rng = np.random.default_rng(seed)
-    block = max(1, RESAMPLE_BLOCK_ELEMENTS // n)
-    draws: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start in range(0, n_resamples, block):
-        idx = rng.integers(0, n, size=(min(block, n_resamples - start), n))
-        draws.append(stereoset_scores(codes[idx], pro_arr[idx], related_arr[idx], len(index)))
-    estimates = {}
-    for k, metric in enumerate(METRICS):
-        values = np.concatenate([d[k] for d in draws])
-        low, high = np.percentile(values, [2.5, 97.5])
-        estimates[metric] = Estimate(float(point[k][0]), float(low), float(high), n)
-    return estimates
+
+    def metric(k: int):
+        return lambda i: stereoset_scores(codes[None, i], pro_arr[None, i], related_arr[None, i], len(index))[k][0]
+
+    return {name: bootstrap_statistic(len(targets), metric(k), seed=seed, n_resamples=n_resamples)
+            for k, name in enumerate(METRICS)}
 
 
 def stereoset_metrics(records: list[dict[str, Any]], *, seed: int) -> MetricTable:

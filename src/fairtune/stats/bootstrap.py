@@ -1,8 +1,14 @@
-"""Seeded percentile-bootstrap confidence intervals (scipy.stats.bootstrap does the work)."""
+"""Seeded percentile-bootstrap confidence intervals.
+
+``bootstrap_mean`` (scipy.stats.bootstrap does the work) for means; ``bootstrap_statistic`` for
+any other statistic of a set of items (ratios of sums, correlations, differences between two sets,
+per-target averages), written as a function of item indices.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,3 +54,62 @@ def bootstrap_mean(values: Sequence[float], *, seed: int, n_resamples: int = DEF
                              method="percentile", vectorized=True, rng=np.random.default_rng(seed))
     interval = result.confidence_interval
     return Estimate(mean, float(interval.low), float(interval.high), n, confidence)
+
+
+def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float | None], *, seed: int,
+                        n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
+                        strata: Sequence[int] | None = None) -> Estimate:
+    """``statistic`` of ``n`` items with a seeded percentile bootstrap interval over the items.
+
+    ``statistic`` takes an integer array of item indices (repeats allowed) and returns a number,
+    or ``None`` (or NaN) where it is undefined on those items. The value is
+    ``statistic(np.arange(n))``; the interval is the central ``confidence`` percentile range of
+    ``statistic`` over ``n_resamples`` resamples of ``n`` indices drawn with replacement from
+    ``np.random.default_rng(seed)``, one resample after another (so the draws are those of
+    ``rng.integers(0, n, size=(n_resamples, n))``, row by row). Resamples where the statistic is
+    undefined are left out of the interval.
+
+    ``strata`` (one label per item) resamples each stratum separately, keeping its size; a
+    resample lists the strata in sorted label order. Use it for a statistic comparing fixed sets,
+    e.g. the difference of two groups' means.
+
+    Returns no value (and no interval) when ``n`` is 0 or the statistic is undefined on the whole
+    sample; no interval when fewer than two items (or, with ``strata``, some stratum has fewer
+    than two) or when no resample has a defined statistic.
+    """
+    if n == 0:
+        return Estimate(None, None, None, 0, confidence)
+    value = _defined(statistic(np.arange(n)))
+    if value is None:
+        return Estimate(None, None, None, n, confidence)
+    if strata is None:
+        members = [np.arange(n)]
+    else:
+        labels = np.asarray(strata)
+        if labels.shape != (n,):
+            raise ValueError(f"strata has {labels.size} labels for {n} items")
+        members = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    if min(m.size for m in members) < 2:
+        return Estimate(value, None, None, n, confidence)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n_resamples):
+        if strata is None:
+            index = rng.integers(0, n, size=n)
+        else:
+            index = np.concatenate([m[rng.integers(0, m.size, size=m.size)] for m in members])
+        sample = _defined(statistic(index))
+        if sample is not None:
+            samples.append(sample)
+    if not samples:
+        return Estimate(value, None, None, n, confidence)
+    tail = (1 - confidence) / 2 * 100   # percent in each tail
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return Estimate(value, float(low), float(high), n, confidence)
+
+
+def _defined(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
