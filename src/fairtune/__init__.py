@@ -17,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from fairtune.errors import FairtuneError, InputError, ModelError, OutputError  # noqa: E402
 from fairtune.models import LoadedModel, load_model  # noqa: E402
-from fairtune.runner import AuditRun, run_audit  # noqa: E402
+from fairtune.runner import AuditRun, BundleRun, run_audit, run_bundle  # noqa: E402
 
-__all__ = ["AuditRun", "FairtuneError", "InputError", "LoadedModel", "ModelError", "OutputError",
-           "__version__", "load_model", "run_audit"]
+__all__ = ["AuditRun", "BundleRun", "FairtuneError", "InputError", "LoadedModel", "ModelError", "OutputError",
+           "__version__", "load_model", "run_audit", "run_bundle"]
