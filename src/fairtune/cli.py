@@ -51,6 +51,11 @@ def audit(
                                                           "(capability audit).")] = None,
     responses: Annotated[Optional[Path], typer.Option(help="Score these outputs instead of generating "
                                                            "(counterfactual audit).")] = None,
+    judge: Annotated[Optional[list[str]], typer.Option(help="Extra refusal judge (repeatable): "
+                                                           "model:PATH, classifier:PATH or endpoint:URL.")] = None,
+    toxicity_scorer: Annotated[Optional[str], typer.Option(help="profanity (default), classifier:PATH "
+                                                                "or detoxify:PATH.")] = None,
+    samples: Annotated[int, typer.Option(help="Generations per prompt where an audit samples.", min=1)] = 1,
     force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out directory.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for bootstrap intervals (and sampling).")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster, drifts).")] = "float32",
@@ -67,7 +72,8 @@ def audit(
 
     settings = dict(model=model, out=out, force=force, seed=seed, dtype=dtype, reference=reference,
                     trust_remote_code=trust_remote_code, max_batch_tokens=max_batch_tokens,
-                    max_new_tokens=max_new_tokens, progress=not quiet and sys.stderr.isatty())
+                    max_new_tokens=max_new_tokens, progress=not quiet and sys.stderr.isatty(),
+                    judges=tuple(judge or ()), toxicity_scorer=toxicity_scorer, samples=samples)
     try:
         if suite in AUDITS:
             runs = [run_audit(suite, data=data, responses=responses, **settings)]

@@ -49,7 +49,8 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
               seed: int = 0, dtype: str = "float32", trust_remote_code: bool = False,
               max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False,
               max_new_tokens: int = 48, reference: str | LoadedModel | None = None,
-              responses: str | Path | None = None) -> AuditRun:
+              responses: str | Path | None = None, judges: tuple[str, ...] = (),
+              toxicity_scorer: str | None = None, samples: int = 1) -> AuditRun:
     """Audit ``model`` on ``suite`` (its built-in items, or ``data``).
 
     ``model`` is a spec string (``embedded``, a directory, a ``.gguf`` file, a hub id) or an
@@ -61,7 +62,8 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
     started = time.perf_counter()
     audit = get_audit(suite)
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
-    options = _options(seed, progress, max_batch_tokens, max_new_tokens, responses)
+    options = _options(seed, progress, max_batch_tokens, max_new_tokens, responses, judges, toxicity_scorer,
+                       samples)
     dataset = audit.load(Path(data) if data is not None else None, options)
     loaded = _load(model, dtype, trust_remote_code) if audit.needs_model(dataset, options) else None
     options.reference = _load(reference, dtype, trust_remote_code) if reference is not None else None
@@ -71,7 +73,8 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
 def run_bundle(bundle: str, *, model: str | LoadedModel = "embedded", out: str | Path | None = None,
                force: bool = False, seed: int = 0, dtype: str = "float32", trust_remote_code: bool = False,
                max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False,
-               max_new_tokens: int = 48, reference: str | LoadedModel | None = None) -> BundleRun:
+               max_new_tokens: int = 48, reference: str | LoadedModel | None = None,
+               judges: tuple[str, ...] = (), toxicity_scorer: str | None = None, samples: int = 1) -> BundleRun:
     """Run every audit of a bundle (``gender``, ``all``, ...) on its built-in suite, the model
     loaded once. Each audit gets its own run directory ``out/<audit>/``; ``out/bundle.json``
     indexes their headline metrics."""
@@ -79,7 +82,7 @@ def run_bundle(bundle: str, *, model: str | LoadedModel = "embedded", out: str |
     if bundle not in bundle_names():
         raise unknown_suite(bundle)
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
-    options = _options(seed, progress, max_batch_tokens, max_new_tokens, None)
+    options = _options(seed, progress, max_batch_tokens, max_new_tokens, None, judges, toxicity_scorer, samples)
     planned: list[tuple[Audit, Dataset]] = []
     for name in bundle_members(bundle):
         audit = AUDITS[name]()
@@ -109,9 +112,11 @@ def run_bundle(bundle: str, *, model: str | LoadedModel = "embedded", out: str |
     return BundleRun(bundle, runs, index, out_dir)
 
 
-def _options(seed, progress, max_batch_tokens, max_new_tokens, responses) -> AuditOptions:
+def _options(seed, progress, max_batch_tokens, max_new_tokens, responses, judges, toxicity_scorer,
+             samples) -> AuditOptions:
     return AuditOptions(seed=seed, progress=progress, max_batch_tokens=max_batch_tokens,
-                        max_new_tokens=max_new_tokens, responses=Path(responses) if responses else None)
+                        max_new_tokens=max_new_tokens, responses=Path(responses) if responses else None,
+                        judges=tuple(judges), toxicity_scorer=toxicity_scorer, samples=samples)
 
 
 def _load(model: str | LoadedModel, dtype: str, trust_remote_code: bool) -> LoadedModel:

@@ -26,6 +26,9 @@ class AuditOptions:
     generation_batch_size: int = 8
     reference: Any = None             # a LoadedModel to compare against (capability drift)
     responses: Path | None = None     # outputs the user already has (counterfactual)
+    judges: tuple[str, ...] = ()      # extra refusal judges, e.g. "model:/path" (safety audits)
+    toxicity_scorer: str | None = None  # "profanity" (default), "classifier:/path", "detoxify:/path"
+    samples: int = 1                  # generations per prompt where an audit samples (toxicity)
 
 
 @dataclass
