@@ -8,7 +8,8 @@ from fairtune.audits.counterfactual import (METRICS, builtin_suite_path, counter
                                             set_outcome)
 from fairtune.errors import InputError
 from fairtune.io import read_jsonl
-from fairtune.judges import is_refusal, score_texts, sentiment, toxicity, word_count
+from fairtune.judges import is_refusal, score_texts, sentiment, word_count
+from fairtune.judges.text_scores import toxicity
 from fairtune.runner import run_audit
 
 

@@ -1,11 +1,14 @@
-"""Judges: small, offline scorers of generated text, shared by the generative audits.
+"""Judges: scorers of generated text, shared by the generative audits.
 
-``text_scores`` holds the cheap ones (sentiment, profanity/toxicity probability, a rule-based
-refusal detector, length). Better judges (issue 4: a trained toxicity scorer, a model-graded
-refusal classifier) will be layered on top with the same shape: a function from texts to scores.
+- ``text_scores``: the cheap offline ones (sentiment, profanity probability, a refusal prefix rule,
+  length);
+- ``refusal``: layered refusal judges (prefix, keyword, triage of empty/degenerate replies, kappa);
+- ``model_judges``: model-graded refusal judges (local LM, local classifier, endpoint);
+- ``toxicity``: pluggable toxicity scorers (profanity by default, a local classifier, Detoxify).
 """
 
-from fairtune.judges.text_scores import (TextScores, describe, is_refusal, score_texts, sentiment,
-                                         toxicity, word_count)
+# ``toxicity`` is the submodule of pluggable toxicity scorers; the profanity probability
+# function stays reachable as ``text_scores.toxicity``.
+from fairtune.judges.text_scores import TextScores, describe, is_refusal, score_texts, sentiment, word_count
 
-__all__ = ["TextScores", "describe", "is_refusal", "score_texts", "sentiment", "toxicity", "word_count"]
+__all__ = ["TextScores", "describe", "is_refusal", "score_texts", "sentiment", "word_count"]
