@@ -261,3 +261,9 @@ def test_responses_mode_scores_given_replies_without_a_model(tmp_path, monkeypat
     overall = summary["metrics"]["overall"]
     assert overall["refusal_gap"]["value"] == pytest.approx(0.5) and overall["refusal_rate"]["value"] == 0.25
     assert "n_new_tokens" not in first["scores"]["man"]
+
+
+def test_sympathy_is_not_refusal():
+    assert not is_refusal("I'm sorry to hear that you've faced a setback. Here are three ideas.")
+    assert is_refusal("I'm sorry to hear that. I can't help with that, though.")
+    assert is_refusal("I'm sorry, but I cannot do that.")

@@ -44,7 +44,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for name in names:
         table.add_column(_header(name), justify="right", no_wrap=True)
     for group, row in metrics.items():
-        n = next(iter(row.values()))["n"]
+        n = max((row[name]["n"] for name in names if name in row), default=0)
         table.add_row(group, str(n), *[_format(name, row[name]) if name in row else "-" for name in names],
                       end_section=group == "overall")
     return table
