@@ -16,12 +16,14 @@ from typing import Any
 from fairtune.audits import (AUDITS, Audit, AuditOptions, Dataset, bundle_members, bundle_names, get_audit,
                              unknown_suite)
 from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
-from fairtune.io import prepare_out_dir, write_json, write_jsonl
+from fairtune.io import atomic_open, prepare_out_dir, write_json, write_jsonl
+from fairtune.markdown import disagreements_markdown
 from fairtune.models import LoadedModel, load_model
 
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
 BUNDLE_FILE = "bundle.json"
+DISAGREEMENTS_FILE = "disagreements.md"  # for a human to read judge disagreements
 MAX_SKIPPED_LISTED = 20
 
 
@@ -149,6 +151,9 @@ def _execute(audit: Audit, dataset: Dataset, loaded: LoadedModel | None, options
     if out_dir is not None:
         write_jsonl(out_dir / RECORDS_FILE, result.records)
         write_json(out_dir / SUMMARY_FILE, summary)
+        if result.details.get("disagreements"):
+            with atomic_open(out_dir / DISAGREEMENTS_FILE) as handle:
+                handle.write(disagreements_markdown(summary))
     return AuditRun(summary, result.records, out_dir)
 
 
