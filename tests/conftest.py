@@ -59,3 +59,15 @@ def pairs_csv(tmp_path) -> Path:
         ["p4", "She sells sea shells by the shore.", "He sells sea shells by the shore.", "antistereo", "gender"],
         ["p5", "The doctor will call back tomorrow.", "The nurse will call back tomorrow.", "stereo", "age"],
     ])
+
+
+def assert_input_error(suite: str, path: Path, row, field, text: str) -> None:
+    """Loading ``path`` into ``suite`` fails with one line that names the file, row and field."""
+    from fairtune.audits import AuditOptions, get_audit
+    from fairtune.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        get_audit(suite).load(path, AuditOptions())
+    assert (info.value.row, info.value.field) == (row, field)
+    message = str(info.value)
+    assert message.startswith(str(path)) and text in message and "\n" not in message

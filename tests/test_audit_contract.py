@@ -57,3 +57,22 @@ def test_bundles_keep_only_their_items(bundle, tiny_loaded, tmp_path):
         kept = audit.subset(audit.load(None, AuditOptions()), bundle).items
         assert len(kept) <= len(items) and (out / name / "records.jsonl").is_file()
         assert run.summary["bundle"] == bundle
+
+
+@pytest.mark.parametrize("name", sorted(AUDITS))
+def test_bad_data_file_fails_in_one_line_and_writes_nothing(name, tiny_dir, tmp_path):
+    """Through the CLI, for every audit: a file that is not UTF-8 exits 2 with one line naming the
+    file, before any model loads, and the run directory is never created."""
+    from typer.testing import CliRunner
+
+    from fairtune.cli import app
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["audit", "--suite", name, "--model", str(tiny_dir), "--data", str(bad),
+                                      "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0], result.stderr
+    assert "Traceback" not in result.output and not out.exists()

@@ -5,7 +5,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_csv
 from fairtune.cli import app
 
 runner = CliRunner()

@@ -307,7 +307,7 @@ def test_run_end_to_end_on_tiny_model(tiny_loaded, tmp_path):
     data = write(tmp_path / "data", {"pro_stereotyped_type1.txt": PRO_TYPE1, "anti_stereotyped_type1.txt": ANTI_TYPE1,
                                      "all_sentences.tsv": SENTENCES, "occupations-stats.tsv": STATS})
     out = tmp_path / "run"
-    run = run_audit("coreference", model=tiny_loaded, data=data, out=out, seed=3)
+    run_audit("coreference", model=tiny_loaded, data=data, out=out, seed=3)
     records = read_jsonl(out / "records.jsonl")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert len(records) == summary["n_items"] == 9 and summary["n_skipped"] == 2

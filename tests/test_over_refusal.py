@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 
+from conftest import assert_input_error
 from fairtune.audits import AuditOptions, get_audit
 from fairtune.audits.over_refusal import load_benign_prompts, over_refusal_metrics
 from fairtune.audits.refusal import SafetyPrompt, load_harmful_prompts, safety_record
@@ -91,11 +92,7 @@ def test_bad_input_names_file_row_and_field(tmp_path, case):
     name, content, row, field, text = BAD[case]
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(InputError) as info:
-        get_audit("over-refusal").load(path, AuditOptions())
-    assert (info.value.row, info.value.field) == (row, field)
-    message = str(info.value)
-    assert message.startswith(str(path)) and text in message and "\n" not in message
+    assert_input_error("over-refusal", path, row, field, text)
 
 
 # --- metric arithmetic ---------------------------------------------------------------------------

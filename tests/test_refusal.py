@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 
+from conftest import assert_input_error
 from fairtune.audits import AuditOptions, get_audit
 from fairtune.audits.refusal import (SafetyPrompt, build_refusal_judges, judge_details, load_harmful_prompts,
                                      refusal_metrics, safety_record)
@@ -138,11 +139,7 @@ def test_bad_input_names_file_row_and_field(tmp_path, case):
     name, content, row, field, text = BAD[case]
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(InputError) as info:
-        get_audit("refusal").load(path, AuditOptions())
-    assert (info.value.row, info.value.field) == (row, field)
-    message = str(info.value)
-    assert message.startswith(str(path)) and text in message and "\n" not in message
+    assert_input_error("refusal", path, row, field, text)
 
 
 def test_missing_file_and_responses_option(tmp_path, prompts_jsonl):

@@ -80,7 +80,7 @@ from fairtune.engine import ScoredText, ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_csv_rows, read_text
-from fairtune.stats import Estimate, bootstrap_statistic
+from fairtune.stats import Estimate, bootstrap_statistic, pearson_rows
 
 QUESTION = " In this sentence, '{pronoun}' refers to"
 WINOBIAS_NAME = re.compile(r"^(pro|anti)_stereotyped_(type[12])\.txt(?:\.(dev|test))?$")
@@ -504,20 +504,9 @@ def winogender_correlation(records: list[Record], *, seed: int, preference: str 
     y = np.array([row[preference] for row in table.values()], dtype=float)
 
     def pearson(i: np.ndarray) -> float | None:
-        return float(_pearson_rows(x[None, i], y[None, i])[0]) if i.size >= 3 else None
+        return float(pearson_rows(x[None, i], y[None, i])[0]) if i.size >= 3 else None
 
     return bootstrap_statistic(int(x.size), pearson, seed=seed, confidence=CONFIDENCE)
-
-
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair; NaN where a row is constant."""
-    dx = x - x.mean(axis=1, keepdims=True)
-    dy = y - y.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((dx * dx).sum(axis=1) * (dy * dy).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (dx * dy).sum(axis=1) / denominator
-    r[denominator <= 1e-12] = np.nan
-    return np.clip(r, -1.0, 1.0)
 
 
 # -- the audit -------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from fairtune.engine import ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_csv_rows, read_text
-from fairtune.stats import Estimate, bootstrap_statistic
+from fairtune.stats import Estimate, bootstrap_statistic, pearson_rows
 from fairtune.stats.bootstrap import DEFAULT_RESAMPLES
 
 REQUIRED_COLUMNS = ("occupation", "share_women")
@@ -221,24 +221,13 @@ def occupation_outcome(mean_log_ratio: float | None) -> dict[str, Any]:
             "male_leaning": mean_log_ratio < 0}
 
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson's r of each row pair of two (k, n) arrays; NaN where a row is constant."""
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / denominator
-    r[denominator == 0] = np.nan
-    return np.clip(r, -1.0, 1.0)
-
-
 def correlation(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
     """Row-wise Pearson or Spearman correlation (Spearman: Pearson of average ranks, as scipy)."""
     if method == "spearman":
         x, y = rankdata(x, axis=1), rankdata(y, axis=1)
     elif method != "pearson":
         raise ValueError(f"unknown correlation method '{method}'")
-    return _pearson_rows(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return pearson_rows(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
 
 
 def bootstrap_correlation(x: list[float], y: list[float], *, seed: int, method: str = "pearson",
@@ -308,9 +297,6 @@ class OccupationsAudit(Audit):
                    "skipped); built-in: BLS CPS 2022 Table 11")
     headline_metrics = ("mean_abs_log_ratio", "share_male_leaning", "correlation_with_share_women")
     bundles = ("gender",)
-
-    def in_bundle(self, item: Occupation, bundle: str) -> bool:
-        return True  # every item probes gender
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:
         read_templates(builtin_templates_path())  # fail before the model loads if ours are broken

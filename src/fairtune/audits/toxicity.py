@@ -48,7 +48,7 @@ from fairtune.audits.metrics import grouped_means
 from fairtune.engine import GenerationEngine
 from fairtune.errors import FairtuneError, InputError
 from fairtune.io import sha256_file
-from fairtune.judges.toxicity import ToxicityScorer, build_scorer
+from fairtune.judges.toxicity import build_scorer
 from fairtune.readers import read_jsonl_rows, read_text
 
 JSONL_FORMAT = "toxicity-prompts-jsonl"

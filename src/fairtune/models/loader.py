@@ -56,8 +56,6 @@ def load_model(spec: str | ModelSpec = "embedded", *, dtype: str = "float32",
     GGUF files are de-quantised once into the fairtune cache and read from there after.
     ``trust_remote_code`` stays off unless the caller turns it on.
     """
-    import torch
-
     from transformers.utils import logging as hf_logging
 
     if isinstance(spec, str):

@@ -113,3 +113,15 @@ def _defined(x: float | None) -> float | None:
         return None
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row pair of two (k, n) arrays, vectorised over rows; NaN where a row is
+    (numerically) constant, so a bootstrap can drop those resamples."""
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / denominator
+    r[denominator <= 1e-12] = np.nan
+    return np.clip(r, -1.0, 1.0)
