@@ -76,3 +76,14 @@ def test_bad_data_file_fails_in_one_line_and_writes_nothing(name, tiny_dir, tmp_
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0], result.stderr
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_reference_naming_the_audited_model_is_not_loaded_twice(tiny_dir, monkeypatch):
+    from fairtune import runner
+
+    calls = []
+    original = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: calls.append(a) or original(*a, **k))
+    run = run_audit("capability", model=str(tiny_dir), reference=str(tiny_dir), max_new_tokens=4)
+    assert len(calls) == 1
+    assert run.summary["reference_model"]["fingerprint"] == run.summary["model"]["fingerprint"]

@@ -68,7 +68,7 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
                        samples)
     dataset = audit.load(Path(data) if data is not None else None, options)
     loaded = _load(model, dtype, trust_remote_code) if audit.needs_model(dataset, options) else None
-    options.reference = _load(reference, dtype, trust_remote_code) if reference is not None else None
+    options.reference = _reference(reference, model, loaded, dtype, trust_remote_code)
     return _execute(audit, dataset, loaded, options, out_dir, started)
 
 
@@ -92,7 +92,7 @@ def run_bundle(bundle: str, *, model: str | LoadedModel = "embedded", out: str |
         if dataset.items:
             planned.append((audit, dataset))
     loaded = _load(model, dtype, trust_remote_code)
-    options.reference = _load(reference, dtype, trust_remote_code) if reference is not None else None
+    options.reference = _reference(reference, model, loaded, dtype, trust_remote_code)
     runs = {}
     for audit, dataset in planned:
         sub_dir = out_dir / audit.name if out_dir is not None else None
@@ -119,6 +119,16 @@ def _options(seed, progress, max_batch_tokens, max_new_tokens, responses, judges
     return AuditOptions(seed=seed, progress=progress, max_batch_tokens=max_batch_tokens,
                         max_new_tokens=max_new_tokens, responses=Path(responses) if responses else None,
                         judges=tuple(judges), toxicity_scorer=toxicity_scorer, samples=samples)
+
+
+def _reference(reference, model, loaded, dtype: str, trust_remote_code: bool) -> LoadedModel | None:
+    """The reference model; the audited model itself when both name the same spec (not loaded twice)."""
+    if reference is None:
+        return None
+    same_spec = isinstance(reference, str) and isinstance(model, str) and reference == model
+    if loaded is not None and (same_spec or reference is loaded):
+        return loaded
+    return _load(reference, dtype, trust_remote_code)
 
 
 def _load(model: str | LoadedModel, dtype: str, trust_remote_code: bool) -> LoadedModel:
