@@ -1,0 +1,117 @@
+"""Duplicate removal and the train/validation split.
+
+Records that belong together carry the same ``meta.group`` (an original and its counterfactual,
+one template filled with every attribute value). They differ by a word or two *by design*, so
+duplicate checks compare groups, not records: a group is kept or dropped whole, and never split
+across train and validation (which would leak the pair's other half into validation).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from fairtune.curation.records import Record, meta, record_key, record_texts
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Case, accents, punctuation and spacing folded away: what "the same text" means here."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def group_of(record: Record) -> str:
+    return str(meta(record).get("group") or record.get("id") or record_key(record))
+
+
+def _groups(records: list[Record]) -> dict[str, list[Record]]:
+    groups: dict[str, list[Record]] = {}
+    for record in records:
+        groups.setdefault(group_of(record), []).append(record)
+    return groups
+
+
+def _group_text(members: list[Record]) -> str:
+    # The group's first record stands for it (the original, or the template's first filling).
+    return normalise(" ".join(record_texts(members[0])))
+
+
+@dataclass
+class DedupReport:
+    exact: list[dict] = field(default_factory=list)   # {"dropped": id, "kept": id}
+    near: list[dict] = field(default_factory=list)    # {"dropped": id, "kept": id, "jaccard": float}
+
+
+def deduplicate(records: list[Record], *, near_threshold: float | None = 0.85, shingle: int = 5,
+                num_perm: int = 128, seed: int = 0) -> tuple[list[Record], DedupReport]:
+    """Drop exact duplicates (same normalised text) and near duplicates (MinHash estimate of the
+    Jaccard similarity of word ``shingle``-grams at or above ``near_threshold``; ``None`` turns
+    the near check off). The first occurrence is kept; order is preserved."""
+    report = DedupReport()
+    groups = _groups(records)
+    kept_groups: list[str] = []
+    seen_exact: dict[str, str] = {}
+    for name, members in groups.items():
+        text = _group_text(members)
+        if text in seen_exact:
+            report.exact.append({"dropped": name, "kept": seen_exact[text]})
+            continue
+        seen_exact[text] = name
+        kept_groups.append(name)
+
+    if near_threshold is not None and len(kept_groups) > 1:
+        kept_groups = _drop_near(groups, kept_groups, near_threshold, shingle, num_perm, seed, report)
+    return [r for name in kept_groups for r in groups[name]], report
+
+
+def _shingles(text: str, size: int) -> set[bytes]:
+    words = text.split()
+    if len(words) <= size:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + size]).encode() for i in range(len(words) - size + 1)}
+
+
+def _drop_near(groups, names, threshold, shingle, num_perm, seed, report) -> list[str]:
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    kept = []
+    for name in names:
+        shingles = _shingles(_group_text(groups[name]), shingle)
+        signature = MinHash(num_perm=num_perm, seed=seed)
+        signature.update_batch(list(shingles))
+        candidates = lsh.query(signature)
+        # LSH proposes candidates; the exact Jaccard of the shingle sets decides.
+        best = max(((_jaccard(shingles, _shingles(_group_text(groups[c]), shingle)), c) for c in candidates),
+                   default=(0.0, None))
+        if best[1] is not None and best[0] >= threshold:
+            report.near.append({"dropped": name, "kept": best[1], "jaccard": round(best[0], 3)})
+            continue
+        lsh.insert(name, signature)
+        kept.append(name)
+    return kept
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def split(records: list[Record], *, validation_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Seeded split by group. The same records and seed always give the same split."""
+    if not 0 <= validation_fraction < 1:
+        raise ValueError("validation_fraction must be in [0, 1)")
+    groups = _groups(records)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    n_validation = round(len(names) * validation_fraction)
+    if validation_fraction > 0 and len(names) > 1:
+        n_validation = max(1, n_validation)
+    validation_names = set(names[:n_validation])
+    train = [r for name, members in groups.items() if name not in validation_names for r in members]
+    validation = [r for name, members in groups.items() if name in validation_names for r in members]
+    return train, validation
