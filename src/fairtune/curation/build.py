@@ -26,6 +26,10 @@ CARD_JSON, CARD_MARKDOWN, CONTAMINATION_FILE = "data_card.json", "data_card.md",
 class ContaminationError(FairtuneError):
     """The data overlaps an audit suite or a named benchmark, and overlap was not allowed."""
 
+    def __init__(self, message: str, report: Any = None):
+        super().__init__(message)
+        self.report = report
+
 
 @dataclass
 class Source:
@@ -72,9 +76,10 @@ def finalize(records: list[dict], *, name: str, builder: str, sources: list[Sour
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
     guard = guard or GuardSettings()
     steps = {"input": len(before) if before is not None else len(records), "built": len(records)}
+    if not records:
+        raise FairtuneError(f"{name}: no records to write (every input was dropped; see the counts above)")
     kept, dedup = deduplicate(records, near_threshold=near_threshold, seed=seed)
-    steps["after exact dedup"] = len(records) - sum(1 for _ in _dropped_records(records, dedup.exact))
-    steps["after near dedup"] = len(kept)
+    steps["after dedup"] = len(kept)
 
     report = None
     if guard.enabled:
@@ -88,10 +93,10 @@ def finalize(records: list[dict], *, name: str, builder: str, sources: list[Sour
                 write_json(out_dir / CONTAMINATION_FILE, report.as_dict())
             first = report.overlaps[0]
             raise ContaminationError(
-                f"{len(report.overlaps)} training records overlap the evaluation data, e.g. record "
+                f"{report.overlapping_records} training records overlap the evaluation data, e.g. record "
                 f"'{first.record_id}' ~ {first.reference} ({first.kind}); "
                 + (f"see {out_dir / CONTAMINATION_FILE}; " if out_dir is not None else "")
-                + "remove them or pass --allow-overlap")
+                + "remove them or pass --allow-overlap", report)
 
     train, validation = split(kept, validation_fraction=validation_fraction, seed=seed)
     card: dict[str, Any] = {
@@ -123,13 +128,6 @@ def finalize(records: list[dict], *, name: str, builder: str, sources: list[Sour
         card["splits"] = {"train": {"file": None, "records": len(train), "sha256": None},
                           "validation": {"file": None, "records": len(validation), "sha256": None}}
     return CurationResult(train, validation, card, out_dir, dedup, report)
-
-
-def _dropped_records(records: list[dict], drops: list[dict]):
-    from fairtune.curation.hygiene import group_of
-
-    dropped = {d["dropped"] for d in drops}
-    return (r for r in records if group_of(r) in dropped)
 
 
 def _version() -> str:

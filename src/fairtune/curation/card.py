@@ -43,6 +43,26 @@ def describe(records: list[Record], term_counter: TermCounter | None = None) -> 
     return out
 
 
+def render_steps(card: dict[str, Any]) -> str:
+    """A few lines for the console: records through each step, the splits, attribute balance."""
+    lines = [" -> ".join(f"{step} {count}" for step, count in card["steps"].items())]
+    for stage in ("before", "after"):
+        stats = card["counts"][stage]
+        for title, table in (("records", stats["attributes"]), ("terms", stats.get("terms", {}))):
+            for axis, values in table.items():
+                if values:
+                    lines.append(f"{stage:>6} {axis} {title}: " + ", ".join(f"{v} {n}" for v, n in values.items()))
+    contamination = card.get("contamination")
+    if contamination is not None:
+        lines.append(f"contamination: {len(contamination['overlaps'])} overlaps with "
+                     f"{len(contamination['references'])} evaluation sets"
+                     + (" (allowed)" if contamination.get("allowed") else ""))
+    files = [split["file"] for split in card["splits"].values() if split.get("file")]
+    if files:
+        lines.append("wrote " + ", ".join(files) + ", data_card.json, data_card.md")
+    return "\n".join(lines)
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """The card as Markdown for people (the JSON beside it is for programs)."""
     lines = [f"# Data card: {escape_markdown(card['name'])}", "",

@@ -47,13 +47,19 @@ class DedupReport:
     near: list[dict] = field(default_factory=list)    # {"dropped": id, "kept": id, "jaccard": float}
 
 
-def deduplicate(records: list[Record], *, near_threshold: float | None = 0.85, shingle: int = 5,
+def deduplicate(records: list[Record], *, near_threshold: float | None = 0.85, shingle: int = 3,
                 num_perm: int = 128, seed: int = 0) -> tuple[list[Record], DedupReport]:
     """Drop exact duplicates (same normalised text) and near duplicates (MinHash estimate of the
     Jaccard similarity of word ``shingle``-grams at or above ``near_threshold``; ``None`` turns
     the near check off). The first occurrence is kept; order is preserved."""
     report = DedupReport()
-    groups = _groups(records)
+    groups = {}
+    for name, members in _groups(records).items():
+        # Inside a group only byte-identical bodies are duplicates: its members differ on purpose.
+        unique = {record_key(r): r for r in reversed(members)}
+        report.exact += [{"dropped": str(r.get("id", name)), "kept": name}
+                         for r in members if unique.get(record_key(r)) is not r]
+        groups[name] = [r for r in members if unique.get(record_key(r)) is r]
     kept_groups: list[str] = []
     seen_exact: dict[str, str] = {}
     for name, members in groups.items():
@@ -79,7 +85,9 @@ def _shingles(text: str, size: int) -> set[bytes]:
 def _drop_near(groups, names, threshold, shingle, num_perm, seed, report) -> list[str]:
     from datasketch import MinHash, MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    # LSH's threshold is the middle of an S-curve, so pairs just above it are missed half the
+    # time; a lower candidate threshold makes misses rare, and the exact Jaccard then decides.
+    lsh = MinHashLSH(threshold=max(0.05, threshold - 0.25), num_perm=num_perm)
     kept = []
     for name in names:
         shingles = _shingles(_group_text(groups[name]), shingle)
