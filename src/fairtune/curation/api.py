@@ -1,0 +1,131 @@
+"""The curation commands as Python functions (``fairtune data ...`` calls these).
+
+Each builds records, then hands them to :func:`fairtune.curation.build.finalize`, which
+deduplicates, runs the contamination guard, splits and writes the data card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fairtune.curation.build import CurationResult, GuardSettings, Source, finalize
+from fairtune.curation.records import read_records, with_ids
+
+
+def cda(inputs: Sequence[str | Path], *, out: str | Path | None, axes: Sequence[str] = ("gender",),
+        mode: str = "two-sided", roles: Sequence[str] = ("user", "assistant"), seed: int = 0,
+        max_counterfactuals: int = 1, validation_fraction: float = 0.1, guard: GuardSettings | None = None,
+        force: bool = False, name: str | None = None) -> CurationResult:
+    """Counterfactual augmentation of the user's JSONL files (any record format)."""
+    from fairtune.curation.cda import augment_records, term_counts
+
+    records, sources = [], []
+    for path in inputs:
+        rows = read_records(path)
+        records += [_with_source(r, str(path)) for r in with_ids(rows, Path(path).stem)]
+        sources.append(Source.from_file(path, len(rows)))
+    augmented = augment_records(records, axes=tuple(axes), mode=mode, roles=tuple(roles), seed=seed,
+                                max_counterfactuals=max_counterfactuals)
+    return finalize(augmented, name=name or "cda", builder="fairtune data cda", sources=sources,
+                    settings={"axes": list(axes), "mode": mode, "roles": list(roles),
+                              "max_counterfactuals": max_counterfactuals},
+                    out=out, force=force, before=records, term_counter=lambda t: term_counts(t, tuple(axes)),
+                    validation_fraction=validation_fraction, seed=seed, guard=guard)
+
+
+def templates(*, out: str | Path | None, axis: str = "gender", values: Sequence[str] | None = None,
+              occupations_file: str | Path | None = None, frames_file: str | Path | None = None,
+              formats: Sequence[str] = ("text", "chat"), per_occupation: int | None = None, seed: int = 0,
+              validation_fraction: float = 0.1, guard: GuardSettings | None = None, force: bool = False,
+              name: str | None = None) -> CurationResult:
+    """Occupation x attribute sentences and chat Q/A pairs, every attribute value equally often."""
+    from fairtune.curation.cda import term_counts
+    from fairtune.curation.templates import build_templates
+
+    occupations = _read_lines(occupations_file) if occupations_file else None
+    records = build_templates(axis=axis, values=tuple(values) if values else None, occupations=occupations,
+                              frames_file=Path(frames_file) if frames_file else None, formats=tuple(formats),
+                              per_occupation=per_occupation, seed=seed)
+    sources = [Source("builtin:templates", len(records))]
+    for path in (occupations_file, frames_file):
+        if path:
+            sources.append(Source.from_file(path, len(_read_lines(path))))
+    return finalize(records, name=name or f"templates-{axis}", builder="fairtune data templates", sources=sources,
+                    settings={"axis": axis, "values": list(values or []), "formats": list(formats),
+                              "per_occupation": per_occupation},
+                    out=out, force=force, term_counter=lambda t: term_counts(t, (axis,)) if _is_axis(axis) else {},
+                    validation_fraction=validation_fraction, seed=seed, guard=guard,
+                    near_threshold=None)   # template fillings share frames by design
+
+
+def selfgen(*, out: str | Path | None, model: Any = "embedded", n: int = 200, augment: bool = True,
+            axes: Sequence[str] = ("gender",), mode: str = "two-sided", seed: int = 0, max_new_tokens: int = 96,
+            temperature: float = 0.8, progress: bool = False, validation_fraction: float = 0.1,
+            guard: GuardSettings | None = None, force: bool = False, name: str | None = None) -> CurationResult:
+    """Neutral-topic text sampled from the model itself, then (by default) augmented by CDA."""
+    from fairtune.curation.cda import augment_records, term_counts
+    from fairtune.curation.selfgen import generate_corpus
+    from fairtune.io import prepare_out_dir
+    from fairtune.models import load_model
+
+    if out is not None:
+        prepare_out_dir(out, force=force)   # refuse before minutes of generation, not after
+    loaded = model if not isinstance(model, str) else load_model(model)
+    generated, stats = generate_corpus(loaded, n=n, seed=seed, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, progress=progress)
+    records = augment_records(generated, axes=tuple(axes), mode=mode, seed=seed) if augment else generated
+    return finalize(records, name=name or "selfgen", builder="fairtune data selfgen",
+                    sources=[Source(f"selfgen:{loaded.spec.raw}@{loaded.fingerprint}", len(generated))],
+                    settings={"n": n, "augment": augment, "axes": list(axes), "mode": mode,
+                              "max_new_tokens": max_new_tokens, "temperature": temperature, "generation": stats},
+                    out=out, force=force, before=generated, term_counter=lambda t: term_counts(t, tuple(axes)),
+                    validation_fraction=validation_fraction, seed=seed, guard=guard)
+
+
+def safety_anchors(*, out: str | Path | None, anchors: str | Path | None = None, n_refusal: int | None = None,
+                   n_helpful: int | None = None, seed: int = 0, validation_fraction: float = 0.1,
+                   guard: GuardSettings | None = None, force: bool = False) -> CurationResult:
+    """The safety anchor set (built-in or the user's), checked and split like any training data."""
+    from fairtune.curation.safety import BUILTIN_SOURCE, builtin_anchor_path, load_anchors
+
+    records = load_anchors(anchors, n_refusal=n_refusal, n_helpful=n_helpful, seed=seed)
+    path = Path(anchors) if anchors else builtin_anchor_path()
+    source = Source.from_file(path, len(records))
+    if anchors is None:
+        source.source = BUILTIN_SOURCE
+    return finalize(records, name="safety-anchors", builder="fairtune data safety-anchors", sources=[source],
+                    settings={"n_refusal": n_refusal, "n_helpful": n_helpful}, out=out, force=force,
+                    validation_fraction=validation_fraction, seed=seed, guard=guard)
+
+
+def check(inputs: Sequence[str | Path], *, guard: GuardSettings | None = None,
+          near_threshold: float | None = 0.85) -> CurationResult:
+    """Validate existing training files and run the duplicate and contamination checks on them,
+    writing nothing. Raises :class:`ContaminationError` on overlap unless the guard allows it."""
+    records, sources = [], []
+    for path in inputs:
+        rows = read_records(path)
+        records += rows
+        sources.append(Source.from_file(path, len(rows)))
+    return finalize(records, name="check", builder="fairtune data check", sources=sources, settings={},
+                    out=None, validation_fraction=0.0, near_threshold=near_threshold, guard=guard)
+
+
+def _with_source(record: dict, source: str) -> dict:
+    meta = dict(record.get("meta") or {})
+    meta.setdefault("source", source)
+    return {**record, "meta": meta}
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    from fairtune.readers import read_text
+
+    return [line.strip() for line in read_text(path).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _is_axis(axis: str) -> bool:
+    from fairtune.curation.cda import AXES
+
+    return axis in AXES
