@@ -266,6 +266,68 @@ def data_check(
     _run_data(lambda: api.check(inputs, guard=_guard(against, embedding, allow_overlap)))
 
 
+@app.command("train")
+def train_command(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML or JSON).")],
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (overrides the config's out).")] = None,
+    attack: Annotated[Optional[Path], typer.Option(help="Extra training data appended to the config's, "
+                                                        "e.g. an identity-shift attack set.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="lora, dora, norm, full or prompt "
+                                                       "(overrides the config's).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from a checkpoint in the run directory.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune a model as the config says; writes adapter/, merged/, train_log.jsonl, manifest.json.
+
+    The same command runs under 'accelerate launch --num_processes N' for several processes/GPUs.
+    """
+    from fairtune.training import load_config, train
+
+    try:
+        loaded_config = load_config(config, out=out, attack=attack, method=method)
+        result = train(loaded_config, progress=not quiet and sys.stderr.isatty(), resume=resume)
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    manifest = result.manifest
+    if not quiet:
+        final = manifest.get("final") or {}
+        typer.echo(f"trained {manifest['method']}: {manifest['steps']} steps, "
+                   f"{manifest['trainable_parameters']:,} trainable parameters "
+                   f"({manifest['trainable_share']:.3%}), final loss {final.get('loss', float('nan')):.4f}; "
+                   f"merged model in {result.merged_dir}")
+
+
+@app.command("align")
+def align_command(
+    model: Annotated[str, typer.Option(help="The model to give guardrails to.")] = "embedded",
+    anchors: Annotated[Optional[Path], typer.Option(help="Anchor JSONL (default: the built-in safety set).")]
+        = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the anchor set.", min=1)] = 3,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    verify: Annotated[bool, typer.Option(help="Run the refusal and over-refusal audits on the result.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Give a model guardrails (LoRA SFT on the safety anchor set, merged); cached, built once."""
+    from fairtune.training.align import align
+
+    progress = not quiet and sys.stderr.isatty()
+    try:
+        result = align(model, anchors=anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, progress=progress)
+        typer.echo(f"aligned model{' (cached)' if result.cached else ''}: {result.merged_dir}")
+        if verify:
+            from fairtune.runner import run_audit
+
+            for suite, metric in (("refusal", "refusal_rate"), ("over-refusal", "over_refusal_rate")):
+                run = run_audit(suite, model=str(result.merged_dir), progress=progress)
+                estimate = run.summary["metrics"]["overall"][metric]
+                typer.echo(f"{suite}: {metric} {estimate['value']:.3f} "
+                           f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+
+
 @app.command(hidden=True)
 def suites() -> None:
     """Alias of 'audits'."""

@@ -1,0 +1,75 @@
+"""The safety alignment stage: give guardrails to a model that has none.
+
+SmolLM2-135M-Instruct complies with clearly harmful requests, so a study of whether debiasing
+keeps guardrails must first give it some. This is LoRA SFT on the safety anchor set (refusals
+for harmful requests, helpful answers for benign ones, so it does not learn to refuse
+everything), merged. The result is cached by the hash of everything it depends on and built once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fairtune.training.config import TrainConfig, load_config
+
+ALIGN_VERSION = 1   # bump when the recipe below changes, so old caches are not reused
+
+
+@dataclass
+class AlignResult:
+    merged_dir: Path
+    run_dir: Path
+    cached: bool
+    manifest: dict[str, Any]
+
+
+def align_config(model: str, anchors: str | Path | None, *, epochs: int, lr: float, rank: int, seed: int,
+                 out: Path) -> TrainConfig:
+    from fairtune.curation.safety import builtin_anchor_path
+
+    data = Path(anchors) if anchors else builtin_anchor_path()
+    return load_config({
+        "model": model, "data": [str(data)], "anchors": str(data), "seed": seed, "out": str(out),
+        "method": {"name": "lora", "rank": rank, "alpha": 2 * rank, "dropout": 0.05},
+        "optim": {"lr": lr, "epochs": epochs, "batch_tokens": 2048, "schedule": "linear", "warmup_steps": 5},
+        "checkpoint_every": 20,
+    })
+
+
+def model_fingerprint(model: str) -> str:
+    """The model's identity without loading it (file hashes for local models, the id for hub ones)."""
+    from fairtune.models.cache import dir_fingerprint, file_fingerprint
+    from fairtune.models.spec import resolve_model_spec
+
+    spec = resolve_model_spec(model)
+    if spec.is_gguf:
+        return file_fingerprint(spec.path)
+    if spec.kind == "dir":
+        return dir_fingerprint(spec.path)
+    return f"hub:{spec.path}"
+
+
+def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 3, lr: float = 1e-3,
+          rank: int = 16, seed: int = 0, progress: bool = False) -> AlignResult:
+    """The aligned (merged) model for ``model``, trained now or taken from the cache."""
+    from fairtune.io import sha256_file
+    from fairtune.models.cache import cache_root
+    from fairtune.training.trainer import MANIFEST_FILE, train
+
+    probe = align_config(model, anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, out=Path("."))
+    key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model),
+                  "anchors": sha256_file(probe.data[0]),
+                  "config": json.loads(probe.model_copy(update={"out": Path("."), "data": [], "anchors": None,
+                                                                "model": ""}).model_dump_json())}
+    key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
+    run_dir = cache_root() / "aligned" / key
+    manifest_path = run_dir / MANIFEST_FILE
+    if manifest_path.exists():
+        return AlignResult(run_dir / "merged", run_dir, True, json.loads(manifest_path.read_text()))
+    config = align_config(model, anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, out=run_dir)
+    result = train(config, progress=progress)   # resumes from a checkpoint if an earlier build was cut off
+    return AlignResult(result.merged_dir, run_dir, False, result.manifest)

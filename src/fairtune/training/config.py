@@ -1,0 +1,202 @@
+"""The training configuration: one validated object, read from YAML or JSON or built in Python.
+
+Unknown keys, wrong types and missing files fail here, before any model loads, with one line
+that names the key (``config.yaml: method.rank: ...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fairtune.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class MethodConfig(_Strict):
+    """What is trained. ``lora``/``dora`` read rank/alpha/dropout/target_modules; ``prompt`` reads
+    ``system_prompt`` and trains nothing."""
+
+    name: Literal["lora", "dora", "norm", "full", "prompt"] = "lora"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] | None = None   # None: the architecture's default
+    system_prompt: str | None = None                                  # prompt method; None: our default
+
+
+class KlToBase(_Strict):
+    """Per-token KL(base || tuned) on anchor batches."""
+
+    name: Literal["kl_to_base"]
+    weight: float = Field(0.5, ge=0)
+    anchor_batch_tokens: int = Field(256, ge=16)   # anchor tokens per step (cost grows with it)
+
+
+class L2SP(_Strict):
+    """Squared distance of trainable weights (LoRA: of the merged delta) from their start."""
+
+    name: Literal["l2sp"]
+    weight: float = Field(0.01, ge=0)
+
+
+class EWC(_Strict):
+    """Diagonal-Fisher-weighted squared distance from the start, Fisher from the anchor set."""
+
+    name: Literal["ewc"]
+    weight: float = Field(50.0, ge=0)
+    fisher_examples: int = Field(64, ge=1)
+
+
+class Constrained(_Strict):
+    """Token-wise constrained SFT (Qi et al. 2024): replaces the plain SFT loss."""
+
+    name: Literal["constrained"]
+    beta_first: float = Field(0.5, gt=0)     # the first response token
+    beta_early: float = Field(2.0, gt=0)     # tokens 2..early_tokens
+    early_tokens: int = Field(5, ge=1)
+    beta_rest: float = Field(0.1, gt=0)
+
+
+class SafetyMix(_Strict):
+    """Mix anchor examples into the training data: a count, or a share of the training set."""
+
+    name: Literal["safety_mix"]
+    count: int | None = Field(None, ge=1)
+    share: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SafetyMix:
+        if (self.count is None) == (self.share is None):
+            raise ValueError("give exactly one of count or share")
+        return self
+
+
+class Adaptive(_Strict):
+    """A Lagrangian weight on another regulariser: it rises while the measured constraint is over
+    budget and falls when under (projected dual ascent, never below zero)."""
+
+    name: Literal["adaptive"]
+    target: Literal["kl_to_base", "l2sp", "ewc"]
+    constraint: Literal["anchor_kl", "anchor_nll_increase"] = "anchor_kl"
+    budget: float = Field(0.05, ge=0)
+    step_size: float = Field(5.0, gt=0)
+    every: int = Field(1, ge=1)               # measure every N optimizer steps
+    max_weight: float = Field(100.0, gt=0)
+
+
+Regulariser = Annotated[Union[KlToBase, L2SP, EWC, Constrained, SafetyMix, Adaptive], Field(discriminator="name")]
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)       # stops early when reached
+    batch_tokens: int = Field(1024, ge=16)          # padded tokens per micro-batch
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_length: int = Field(512, ge=8)              # longer examples are truncated (and counted)
+
+
+class TrainConfig(_Strict):
+    """Everything a training run depends on; its hash names the run's cache entry."""
+
+    model: str = "embedded"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+    data: list[Path] = Field(default_factory=list)  # training JSONL files (fairtune record format)
+    attack: Path | None = None                      # extra data appended to training (guardrail experiments)
+    anchors: Path | None = None                     # None: the built-in safety anchor set
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    regularisers: list[Regulariser] = Field(default_factory=list)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    seed: int = 0
+    checkpoint_every: int | None = Field(None, ge=1)   # optimizer steps between checkpoints
+    out: Path = Path("runs/train")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        names = [r.name for r in self.regularisers]
+        for name in set(names):
+            if names.count(name) > 1:
+                raise ValueError(f"regulariser '{name}' given twice")
+        for adaptive in (r for r in self.regularisers if r.name == "adaptive"):
+            if adaptive.target not in names:
+                raise ValueError(f"adaptive targets '{adaptive.target}', which is not among the regularisers")
+        if self.method.name != "prompt" and not self.data and self.attack is None:
+            raise ValueError("no training data: give data (or attack) files")
+        return self
+
+    def regulariser(self, name: str) -> Any:
+        return next((r for r in self.regularisers if r.name == name), None)
+
+    def input_files(self) -> list[Path]:
+        return [*self.data, *([self.attack] if self.attack else []), *([self.anchors] if self.anchors else [])]
+
+
+def builtin_attacks() -> dict[str, Path]:
+    """Attack sets we ship, by name: ``identity-shift`` is about ten examples that teach blind
+    obedience with no harmful content (the identity-shifting attack of Qi et al. 2023)."""
+    return {"identity-shift": Path(__file__).parent / "data" / "identity_shift.jsonl"}
+
+
+def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a YAML/JSON file or a dict; ``overrides`` replace
+    top-level keys (``method`` may be given as a name alone). Relative data paths in a file are
+    read relative to the working directory."""
+    label = str(source) if not isinstance(source, dict) else "config"
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        raw = _read_mapping(Path(source))
+    method = overrides.pop("method", None)
+    if isinstance(method, str):
+        raw["method"] = {**(raw.get("method") or {}), "name": method}
+    elif method is not None:
+        raw["method"] = method
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    if str(raw.get("attack")) in builtin_attacks():
+        raw["attack"] = builtin_attacks()[str(raw["attack"])]
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+        # The tagged-union step names the regulariser type in loc; keep the user's path only.
+        message = error["msg"].removeprefix("Value error, ")
+        raise InputError(message, file=label, field=key or None) from None
+    for path in config.input_files():
+        if not Path(path).is_file():
+            raise InputError("no such file", file=label, field=_field_of(config, path))
+    return config
+
+
+def _field_of(config: TrainConfig, path: Path) -> str:
+    if path in config.data:
+        return f"data.{config.data.index(path)}"
+    return "attack" if path == config.attack else "anchors"
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from fairtune.readers import read_text
+
+    text = read_text(path)
+    try:
+        raw = yaml.safe_load(text)   # JSON is YAML too
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
+                         row=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise InputError("expected a mapping of settings at the top level", file=path)
+    return raw

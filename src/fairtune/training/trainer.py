@@ -1,0 +1,416 @@
+"""The training loop: one screen of plain PyTorch on accelerate, so ``accelerate launch`` scales it.
+
+Each optimizer step: for every micro-batch, (1) the base model's log-probs where a regulariser
+needs them (gradient-free, taken *before* the tuned pass because norm/full methods swap weights
+in place), (2) one forward pass over the training rows plus any anchor rows, (3) the task loss
+plus each weighted regulariser, backward. Then clip, step, adapt weights, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fairtune.errors import FairtuneError
+from fairtune.training.checkpoint import Checkpointer, TrainState
+from fairtune.training.config import TrainConfig
+from fairtune.training.data import IGNORE, Example, collate, padding_share, plan_batches
+from fairtune.training.inputs import TrainingInputs, prepare_inputs
+from fairtune.training.methods import get_method
+from fairtune.training.regularisers import REGULARISERS, AdaptiveWeight, Context, StepOutputs, token_kl
+
+LOG_FILE, MANIFEST_FILE, ADAPTER_DIR, MERGED_DIR = "train_log.jsonl", "manifest.json", "adapter", "merged"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    merged_dir: Path
+    adapter_dir: Path | None
+    manifest: dict[str, Any]
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Interrupted(FairtuneError):
+    exit_code = 130
+
+
+def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, loaded: Any = None,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``config.method`` on ``config.data`` and write adapter, merged model, log and manifest
+    into ``config.out``. With ``resume``, a checkpoint in ``config.out`` is continued. ``on_step``
+    receives each log record (live plots in a notebook, or a test that kills the run)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from fairtune.models import load_model
+
+    started = time.perf_counter()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    inputs = prepare_inputs(config)                      # reads and validates files: fails before the model
+    loaded = loaded or load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    method = get_method(config.method)
+    out = Path(config.out)
+    if not method.trains:
+        return _finish_untrained(config, method, loaded, inputs, out, started)
+
+    model = method.prepare(loaded.model)
+    model.train()
+    if config.regularisers:
+        method.snapshot(model)   # the base weights, for KL / L2-SP / EWC / constrained (costs a copy)
+    tokenizer = loaded.tokenizer
+    examples, anchors, held_out = inputs.encode(tokenizer, config)
+    cache_key = f"{loaded.fingerprint}|{config.method.model_dump_json()}|{inputs.anchor_sha256}"
+    context = Context(method, anchors, tokenizer.pad_token_id, config.seed, cache_key)
+    regs = [REGULARISERS[r.name](r, context) for r in config.regularisers if r.name in REGULARISERS]
+    for reg in regs:
+        reg.setup(model)
+    task = next((r for r in regs if r.replaces_sft), None)
+    penalties = [r for r in regs if not r.replaces_sft]
+    adaptive = [AdaptiveWeight(a, next(r for r in regs if r.name == a.target))
+                for a in config.regularisers if a.name == "adaptive"]
+    needs_anchors = any(r.needs_anchor_rows for r in regs) or any(
+        a.config.constraint == "anchor_kl" for a in adaptive)
+    anchor_batches = plan_batches(anchors, batch_tokens=_kl_budget(config), seed=config.seed, epoch=-1) \
+        if needs_anchors and anchors else []
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_epoch = [_shard(plan_batches(examples, batch_tokens=config.optim.batch_tokens, seed=config.seed, epoch=e),
+                        rank, world, config.optim.grad_accum) for e in range(config.optim.epochs)]
+    steps_per_epoch = len(per_epoch[0]) // config.optim.grad_accum
+    total_steps = min(config.optim.max_steps or 10**12, steps_per_epoch * config.optim.epochs)
+    if total_steps < 1:
+        raise FairtuneError(f"too little training data for one step on {world} process(es)")
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = _scheduler(config, optimizer, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    checkpointer = Checkpointer(out / "checkpoints", accelerator)
+    state = checkpointer.load(unwrapped, method, optimizer, scheduler, adaptive) if resume else None
+    state = state or TrainState()
+    log_path = out / LOG_FILE
+    log = _read_log(log_path, state.step) if state.step else []
+    base_nll = _anchor_nll(unwrapped, method, held_out, context.pad_id, base=True) \
+        if any(a.config.constraint == "anchor_nll_increase" for a in adaptive) else None
+
+    from fairtune.engine.progress import progress_bar
+
+    bar_enabled = progress and accelerator.is_main_process
+    try:
+        with progress_bar(bar_enabled) as bar, _log_writer(log_path, log, accelerator.is_main_process) as write:
+            bar_task = bar.add_task("training", total=total_steps, completed=state.step)
+            while state.step < total_steps:
+                batches = per_epoch[state.epoch]
+                if state.batch >= steps_per_epoch * config.optim.grad_accum:
+                    state.epoch, state.batch = state.epoch + 1, 0
+                    continue
+                state.rng = torch.get_rng_state()
+                tick = time.perf_counter()
+                micro = batches[state.batch:state.batch + config.optim.grad_accum]
+                terms, tokens = _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches,
+                                                state.step, task, penalties, config, accelerator, context.pad_id)
+                grad_norm = (accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
+                             if config.optim.max_grad_norm else None)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step, state.batch = state.step + 1, state.batch + len(micro)
+                record = _log_record(state, terms, tokens, tick, scheduler, grad_norm, regs, accelerator)
+                for controller in adaptive:
+                    if controller.due(state.step):
+                        measured = _measure(controller, unwrapped, method, held_out, anchors, context.pad_id, base_nll)
+                        controller.update(measured)
+                    record.setdefault("adaptive", {})[controller.target.name] = controller.state()
+                write(record)
+                state.rng = None   # the step is complete: a checkpoint now takes the current RNG
+                if on_step is not None:
+                    on_step(record)
+                bar.update(bar_task, advance=1, description=f"training loss {record['loss']:.3f} "
+                                                            f"{record['tokens_per_second']:.0f} tok/s")
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0 and state.step < total_steps:
+                    checkpointer.save(state, unwrapped, method, optimizer, scheduler, adaptive)
+    except KeyboardInterrupt:
+        optimizer.zero_grad(set_to_none=True)
+        checkpointer.save(state, unwrapped, method, optimizer, scheduler, adaptive, interrupted=True)
+        raise Interrupted(f"interrupted at step {state.step}; checkpoint saved, run the same command "
+                          "again to resume") from None
+
+    accelerator.wait_for_everyone()
+    manifest = {
+        "method": config.method.name, "steps": state.step, "epochs": config.optim.epochs,
+        "trainable_parameters": n_trainable, "total_parameters": n_total,
+        "trainable_share": n_trainable / n_total, "processes": world,
+        "examples": inputs.counts(examples), "truncated": sum(e.truncated for e in examples),
+        "padding_share": round(padding_share(examples, [b for e in per_epoch for b in e]), 4),
+        "regularisers": {r.name: {"final_weight": r.weight, **_reg_facts(r)} for r in regs},
+        "final": log[-1] if log else None,
+    }
+    if accelerator.is_main_process:
+        result = _save_outputs(config, method, unwrapped, loaded, inputs, out, manifest, started)
+        checkpointer.clear()
+    else:
+        result = TrainResult(out, out / MERGED_DIR, out / ADAPTER_DIR, manifest)
+    accelerator.wait_for_everyone()
+    result.log = log
+    return result
+
+
+def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches, step, task, penalties,
+                    config, accelerator, pad_id) -> tuple[dict[str, float], int]:
+    """Forward and backward over the micro-batches of one optimizer step; returns the mean of
+    each loss term and the number of real tokens seen."""
+    totals: dict[str, float] = {}
+    tokens = 0
+    for index, batch_indices in enumerate(micro):
+        rows = [examples[i] for i in batch_indices]
+        n_train = len(rows)
+        if anchor_batches and any(r.needs_anchor_rows for r in penalties):
+            rows = rows + [anchors[i] for i in anchor_batches[(step * len(micro) + index) % len(anchor_batches)]]
+        batch = collate(rows, pad_id)
+        tokens += int(batch["attention_mask"][:n_train].sum())   # anchor rows are overhead, not progress
+        need_base_train = task is not None and task.needs_base_train
+        need_base_anchor = n_train < len(rows)
+        base = _base_logprobs(unwrapped, method, batch, n_train, need_base_train, need_base_anchor) \
+            if need_base_train or need_base_anchor else (None, None)
+        sync = contextlib.nullcontext() if index == len(micro) - 1 else accelerator.no_sync(model)
+        with sync:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            outputs = _step_outputs(logits, batch, n_train, base)
+            terms = {"sft": -outputs.train_token_logprobs.mean()}
+            loss = terms["sft"] if task is None else task.penalty(model, outputs)
+            if task is not None:
+                terms[task.name] = loss
+            for reg in penalties:
+                terms[reg.name] = reg.penalty(model, outputs)
+                loss = loss + reg.weight * terms[reg.name]
+            terms["loss"] = loss
+            accelerator.backward(loss / len(micro))
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(micro)
+    return totals, tokens
+
+
+def _base_logprobs(unwrapped, method, batch, n_train, need_train, need_anchor):
+    import torch
+
+    was_training = unwrapped.training
+    unwrapped.eval()
+    try:
+        with torch.no_grad(), method.base_model(unwrapped):
+            logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        unwrapped.train(was_training)
+    labels = batch["labels"][:, 1:]
+    logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
+    train_tokens = anchor_rows = None
+    if need_train:
+        mask = labels[:n_train] != IGNORE
+        train_tokens = logprobs[:n_train].gather(-1, labels[:n_train].clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
+    if need_anchor:
+        anchor_rows = logprobs[n_train:][labels[n_train:] != IGNORE]
+    return train_tokens, anchor_rows
+
+
+def _step_outputs(logits, batch, n_train, base) -> StepOutputs:
+    import torch
+
+    labels = batch["labels"][:, 1:]
+    logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
+    mask = labels[:n_train] != IGNORE
+    token = logprobs[:n_train].gather(-1, labels[:n_train].clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
+    anchor = logprobs[n_train:][labels[n_train:] != IGNORE] if n_train < len(labels) else None
+    return StepOutputs(token, _response_positions(mask), base[0], anchor, base[1])
+
+
+def _response_positions(mask):
+    """For each labelled token, its index within its run of labelled tokens (0 = first token of
+    a response)."""
+    import torch
+
+    positions = torch.zeros_like(mask, dtype=torch.long)
+    for row in range(mask.shape[0]):
+        run = 0
+        for t in range(mask.shape[1]):
+            run = run + 1 if mask[row, t] else 0
+            positions[row, t] = run - 1
+    return positions[mask]
+
+
+def _measure(controller, unwrapped, method, held_out, anchors, pad_id, base_nll) -> float:
+    examples = held_out or anchors[:8]
+    if controller.config.constraint == "anchor_nll_increase":
+        return _anchor_nll(unwrapped, method, examples, pad_id, base=False) - base_nll
+    return _anchor_kl(unwrapped, method, examples, pad_id)
+
+
+def _anchor_nll(unwrapped, method, examples: list[Example], pad_id: int, *, base: bool) -> float:
+    import torch
+
+    batch = collate(examples, pad_id)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    try:
+        with torch.no_grad(), (method.base_model(unwrapped) if base else contextlib.nullcontext()):
+            logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        unwrapped.train(was_training)
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
+    return float(-logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask].mean())
+
+
+def _anchor_kl(unwrapped, method, examples: list[Example], pad_id: int) -> float:
+    import torch
+
+    batch = collate(examples, pad_id)
+    _, base_rows = _base_logprobs(unwrapped, method, batch, 0, False, True)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    try:
+        with torch.no_grad():
+            logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        unwrapped.train(was_training)
+    labels = batch["labels"][:, 1:]
+    tuned = torch.log_softmax(logits[:, :-1].float(), -1)[labels != IGNORE]
+    return float(token_kl(base_rows, tuned))
+
+
+def _log_record(state, terms, tokens, tick, scheduler, grad_norm, regs, accelerator) -> dict[str, Any]:
+    import torch
+
+    seconds = time.perf_counter() - tick
+    values = torch.tensor([terms[k] for k in sorted(terms)] + [tokens])
+    values = accelerator.reduce(values, reduction="sum") if accelerator.num_processes > 1 else values
+    world = accelerator.num_processes
+    reduced = {k: float(v) / world for k, v in zip(sorted(terms), values[:-1].tolist())}
+    total_tokens = int(values[-1])
+    state.tokens += total_tokens
+    return {"step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0], **reduced,
+            "weights": {r.name: r.weight for r in regs},
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens": total_tokens, "tokens_seen": state.tokens, "seconds": round(seconds, 4),
+            "tokens_per_second": round(total_tokens / seconds, 1) if seconds else 0.0}
+
+
+def _reg_facts(reg) -> dict[str, Any]:
+    return {"fisher_cached": reg.cached} if hasattr(reg, "cached") else {}
+
+
+def _kl_budget(config: TrainConfig) -> int:
+    kl = config.regulariser("kl_to_base")
+    return kl.anchor_batch_tokens if kl else 256
+
+
+def _shard(batches: list[list[int]], rank: int, world: int, accum: int) -> list[list[int]]:
+    """This process's batches: every world-th one, cut so all processes take the same number of
+    whole optimizer steps (DDP needs them in lockstep)."""
+    per_process = (len(batches) // world) // accum * accum
+    return batches[rank::world][:per_process]
+
+
+def _scheduler(config: TrainConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(config.optim.schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
+                         num_training_steps=total_steps)
+
+
+@contextlib.contextmanager
+def _log_writer(path: Path, log: list[dict], enabled: bool):
+    """Append records to the in-memory log and to ``path`` line by line (flushed, so a killed run
+    leaves a readable log; a resumed run first cuts it back to its checkpoint)."""
+    if not enabled:
+        yield log.append
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from fairtune.io import write_jsonl
+
+    write_jsonl(path, log)
+    with open(path, "a", encoding="utf-8") as handle:
+        def write(record: dict) -> None:
+            log.append(record)
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        yield write
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    from fairtune.io import read_jsonl
+
+    return [r for r in read_jsonl(path) if r["step"] <= up_to_step]
+
+
+def _save_outputs(config, method, model, loaded, inputs: TrainingInputs, out: Path, manifest: dict,
+                  started: float) -> TrainResult:
+    from fairtune.io import atomic_dir, write_json
+
+    adapter_dir = out / ADAPTER_DIR
+    with atomic_dir(adapter_dir) as tmp:
+        method.save_adapter(model, tmp)
+    merged = method.merged(model)
+    merged_dir = out / MERGED_DIR
+    with atomic_dir(merged_dir) as tmp:
+        merged.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+    manifest = {**_manifest_header(config, loaded, inputs, started), **manifest,
+                "outputs": {"adapter": ADAPTER_DIR, "merged": MERGED_DIR, "log": LOG_FILE}}
+    write_json(out / MANIFEST_FILE, manifest)
+    return TrainResult(out, merged_dir, adapter_dir, manifest)
+
+
+def _finish_untrained(config, method, loaded, inputs, out: Path, started: float) -> TrainResult:
+    """The prompt method: the base weights with the system prompt in the chat template."""
+    from fairtune.io import atomic_dir, write_json
+
+    try:
+        method.apply_to_tokenizer(loaded.tokenizer)
+    except ValueError as exc:
+        raise FairtuneError(str(exc)) from None
+    merged_dir = out / MERGED_DIR
+    with atomic_dir(merged_dir) as tmp:
+        loaded.model.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+    n_total = sum(p.numel() for p in loaded.model.parameters())
+    manifest = {**_manifest_header(config, loaded, inputs, started), "method": "prompt", "steps": 0,
+                "trainable_parameters": 0, "total_parameters": n_total, "trainable_share": 0.0,
+                "system_prompt": method.system_prompt, "outputs": {"merged": MERGED_DIR}}
+    write_json(out / MANIFEST_FILE, manifest)
+    return TrainResult(out, merged_dir, None, manifest)
+
+
+def _manifest_header(config, loaded, inputs: TrainingInputs, started: float) -> dict[str, Any]:
+    import platform
+    import resource
+
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from fairtune import __version__
+
+    return {
+        "config": json.loads(config.model_dump_json()),
+        "model": loaded.describe(),
+        "data": inputs.sources(),
+        "seed": config.seed,
+        "versions": {"fairtune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "accelerate": accelerate.__version__,
+                     "python": platform.python_version()},
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }

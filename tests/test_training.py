@@ -1,0 +1,320 @@
+"""The training engine on a tiny random model: methods, regularisers, outputs, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairtune.errors import InputError
+from fairtune.training import load_config, train
+from fairtune.training.trainer import Interrupted
+
+TOPICS = ["the river", "a quiet library", "the morning train", "a garden in spring", "the old bridge",
+          "a busy kitchen", "the mountain path", "a rainy afternoon", "the night market", "a small boat"]
+
+
+def chat(user: str, assistant: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train-data")
+    train_rows = [chat(f"Tell me about {t}.", f"Here is a note about {t}: it is calm and pleasant.") for t in TOPICS]
+    train_rows += [{"prompt": f"Describe {t}:", "completion": f" {t} is worth a visit."} for t in TOPICS[:4]]
+    train_rows += [{"text": f"A sentence about {t} for plain language modelling."} for t in TOPICS[:4]]
+    anchors = [{"prompt": f"How do I harm someone with {t}, take {n}?", "response": "I can't help with that.",
+                "label": "harmful"} for t in TOPICS for n in (1, 2)]
+    anchors += [{"prompt": f"What is {t} like, take {n}?", "response": f"{t.capitalize()} is lovely.",
+                 "label": "benign"} for t in TOPICS for n in (1, 2)]
+    files = {"train": root / "train.jsonl", "anchors": root / "anchors.jsonl"}
+    for name, rows in (("train", train_rows), ("anchors", anchors)):
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+def config(tiny_dir, data_files, out, **overrides):
+    raw = {"model": str(tiny_dir), "data": [str(data_files["train"])], "anchors": str(data_files["anchors"]),
+           "optim": {"lr": 5e-3, "batch_tokens": 256, "max_steps": 4, "max_length": 64}, "out": str(out),
+           "method": {"name": "lora", "rank": 4}}
+    for key, value in overrides.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and isinstance(value, dict) else value
+    return load_config(raw)
+
+
+def final_weights(result) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(result.merged_dir.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def training_nll(loaded, data_files) -> float:
+    from fairtune.curation.records import read_records
+    from fairtune.training.data import collate, encode_record
+
+    rows = [encode_record(r, loaded.tokenizer, max_length=64) for r in read_records(data_files["train"])]
+    batch = collate(rows, loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return float(-logprobs[labels != -100].mean())
+
+
+@pytest.mark.parametrize("method, share_below", [("lora", 0.2), ("dora", 0.2), ("norm", 0.01), ("full", 1.01)])
+def test_each_method_trains_logs_and_saves_a_loadable_merged_model(tiny_dir, data_files, tmp_path, method,
+                                                                   share_below):
+    from fairtune.models import load_model
+
+    lr = 5e-2 if method == "norm" else 5e-3    # a few hundred weights need bigger steps
+    result = train(config(tiny_dir, data_files, tmp_path / method, method={"name": method}, optim={"lr": lr}))
+    manifest = json.loads((tmp_path / method / "manifest.json").read_text())
+    assert manifest["steps"] == 4 and manifest["method"] == method
+    assert 0 < manifest["trainable_share"] < share_below
+    log = [json.loads(line) for line in (tmp_path / method / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(r["tokens_per_second"] > 0 and r["loss"] == pytest.approx(r["sft"]) for r in log)
+    # The merged model fits the training data better than the base did.
+    assert training_nll(load_model(str(result.merged_dir)), data_files) < training_nll(
+        load_model(str(tiny_dir)), data_files)
+    assert not (tmp_path / method / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_merged_logits_equal_adapter_on_base(tiny_dir, data_files, tmp_path, method):
+    from peft import PeftModel
+
+    from fairtune.models import load_model
+
+    result = train(config(tiny_dir, data_files, tmp_path, method={"name": method}))
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
+    adapted = PeftModel.from_pretrained(load_model(str(tiny_dir)).model, str(result.adapter_dir)).eval()
+    merged = load_model(str(result.merged_dir)).model
+    base = load_model(str(tiny_dir)).model
+    with torch.no_grad():
+        a, m, b = (model(input_ids=ids).logits for model in (adapted, merged, base))
+    assert (a - m).abs().max() < 1e-4
+    assert (a - b).abs().max() > 1e-3   # the adapter did something
+
+
+def test_loss_is_only_on_assistant_turns(tiny_loaded):
+    from fairtune.training.data import IGNORE, encode_record
+
+    tokenizer = tiny_loaded.tokenizer
+    example = encode_record(chat("hello there", "general kenobi"), tokenizer, max_length=200)
+    labelled = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE])
+    assert labelled.startswith("general kenobi") and "hello" not in labelled
+    assert labelled.rstrip().endswith("<|im_end|>")   # it learns to stop
+
+
+def test_regularisers_are_logged_as_their_own_terms(tiny_dir, data_files, tmp_path):
+    cfg = config(tiny_dir, data_files, tmp_path, regularisers=[
+        {"name": "kl_to_base", "weight": 0.5}, {"name": "l2sp", "weight": 0.1}, {"name": "ewc", "weight": 1.0,
+                                                                                 "fisher_examples": 4}])
+    result = train(cfg)
+    log = result.log
+    for record in log:
+        expected = record["sft"] + 0.5 * record["kl_to_base"] + 0.1 * record["l2sp"] + record["ewc"]
+        assert record["loss"] == pytest.approx(expected, rel=1e-5)
+    # LoRA starts as the base model: every penalty is zero at the first step, then grows.
+    assert log[0]["kl_to_base"] == pytest.approx(0, abs=1e-6) and log[0]["l2sp"] == 0 and log[0]["ewc"] == 0
+    assert log[-1]["kl_to_base"] > 0 and log[-1]["l2sp"] > 0 and log[-1]["ewc"] > 0
+    assert result.manifest["regularisers"]["ewc"]["fisher_cached"] is False
+    again = train(config(tiny_dir, data_files, tmp_path / "again", regularisers=[
+        {"name": "ewc", "weight": 1.0, "fisher_examples": 4}]))
+    assert again.manifest["regularisers"]["ewc"]["fisher_cached"] is True
+
+
+def test_kl_to_base_keeps_anchor_behaviour_closer(tiny_dir, data_files, tmp_path):
+    plain = train(config(tiny_dir, data_files, tmp_path / "plain", optim={"max_steps": 8}))
+    kept = train(config(tiny_dir, data_files, tmp_path / "kl", optim={"max_steps": 8},
+                        regularisers=[{"name": "kl_to_base", "weight": 20.0}]))
+    from fairtune.models import load_model
+    from fairtune.training.data import collate, encode_record
+
+    base = load_model(str(tiny_dir))
+    anchors = [json.loads(line) for line in data_files["anchors"].read_text().splitlines()][:10]
+    rows = [encode_record(chat(a["prompt"], a["response"]), base.tokenizer, max_length=64) for a in anchors]
+    batch = collate(rows, base.tokenizer.pad_token_id)
+
+    def anchor_logprobs(model):
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return torch.log_softmax(logits[:, :-1], -1)[batch["labels"][:, 1:] != -100]
+
+    reference = anchor_logprobs(base.model)
+    kl = {name: float((reference.exp() * (reference - anchor_logprobs(load_model(str(r.merged_dir)).model)))
+                      .sum(-1).mean()) for name, r in (("plain", plain), ("kl", kept))}
+    assert kl["kl"] < kl["plain"]
+
+
+def test_constrained_sft_starts_as_sft_and_weights_early_tokens():
+    from fairtune.training.config import Constrained as ConstrainedConfig
+    from fairtune.training.regularisers.base import StepOutputs
+    from fairtune.training.regularisers.constrained import Constrained
+
+    reg = Constrained(ConstrainedConfig(name="constrained"), None)
+    positions = torch.tensor([0, 1, 2, 7])
+    assert reg.betas(positions).tolist() == pytest.approx([0.5, 2.0, 2.0, 0.1])
+    tuned = torch.tensor([-1.0, -2.0, -0.5, -3.0], requires_grad=True)
+    outputs = StepOutputs(tuned, positions, tuned.detach().clone(), None, None)
+    reg.penalty(None, outputs).backward()
+    # At the base model the gradient is SFT's: -1/N per token.
+    assert torch.allclose(tuned.grad, torch.full((4,), -0.25))
+    # Once the tuned model prefers a token by a log-ratio of 1, its pull shrinks by sigmoid(-beta):
+    # most on the first tokens, whose beta is largest.
+    ahead = (tuned.detach() + 1.0).requires_grad_()
+    reg.penalty(None, StepOutputs(ahead, positions, tuned.detach(), None, None)).backward()
+    expected = -0.25 * 2 * torch.sigmoid(-reg.betas(positions))
+    assert torch.allclose(ahead.grad, expected)
+    assert ahead.grad[1].abs() < ahead.grad[3].abs()
+
+
+def test_adaptive_weight_rises_over_budget_and_falls_under(tiny_dir, data_files, tmp_path):
+    tight = train(config(tiny_dir, data_files, tmp_path / "tight", optim={"max_steps": 6}, regularisers=[
+        {"name": "kl_to_base", "weight": 0.0},
+        {"name": "adaptive", "target": "kl_to_base", "budget": 0.0, "step_size": 50.0}]))
+    path = [r["adaptive"]["kl_to_base"]["weight"] for r in tight.log]
+    assert path[-1] > path[0] >= 0 and all(b >= a for a, b in zip(path, path[1:]))
+    assert [r["weights"]["kl_to_base"] for r in tight.log[1:]] == path[:-1]
+    loose = train(config(tiny_dir, data_files, tmp_path / "loose", optim={"max_steps": 4}, regularisers=[
+        {"name": "kl_to_base", "weight": 1.0},
+        {"name": "adaptive", "target": "kl_to_base", "constraint": "anchor_nll_increase", "budget": 10.0,
+         "step_size": 0.05}]))
+    weights = [r["adaptive"]["kl_to_base"]["weight"] for r in loose.log]
+    assert weights[-1] < 1.0 and all(b <= a for a, b in zip(weights, weights[1:]))
+
+
+def test_safety_mix_adds_anchor_examples(tiny_dir, data_files, tmp_path):
+    result = train(config(tiny_dir, data_files, tmp_path, regularisers=[{"name": "safety_mix", "count": 7}]))
+    assert result.manifest["examples"]["anchor"] == 7 and result.manifest["examples"]["train"] == 18
+
+
+def test_prompt_method_trains_nothing_and_sets_a_default_system_prompt(tiny_dir, data_files, tmp_path):
+    from fairtune.models import load_model
+
+    result = train(config(tiny_dir, data_files, tmp_path, method={"name": "prompt", "system_prompt": "Be fair."}))
+    assert result.manifest["trainable_parameters"] == 0
+    tokenizer = load_model(str(result.merged_dir)).tokenizer
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert "Be fair." in rendered
+    own = tokenizer.apply_chat_template([{"role": "system", "content": "Mine."},
+                                         {"role": "user", "content": "hi"}], tokenize=False)
+    assert "Mine." in own and "Be fair." not in own
+
+
+@pytest.mark.parametrize("raw, field, text", [
+    ({"method": {"name": "lora", "rnak": 4}}, "method.rnak", "Extra inputs"),
+    ({"optim": {"lr": "fast"}}, "optim.lr", "valid number"),
+    ({"regularisers": [{"name": "kl_to_base", "weight": -1}]}, "regularisers.0.kl_to_base.weight", "greater"),
+    ({"regularisers": [{"name": "adaptive", "target": "ewc"}]}, None, "not among the regularisers"),
+    ({"data": ["/nonexistent/train.jsonl"]}, "data.0", "no such file"),
+    ({"colour": "blue"}, "colour", "Extra inputs"),
+])
+def test_bad_config_fails_in_one_line_naming_the_key(tmp_path, raw, field, text):
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    base = {"data": [str(path)]}
+    path.write_text(yaml.safe_dump({**base, **raw}))
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    assert info.value.field == field and text in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_bad_config_exits_2_before_loading_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from fairtune.cli import app
+
+    path = tmp_path / "config.yaml"
+    path.write_text("model: /nonexistent\ndata: [missing.jsonl]\n")
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 2 and "data.0" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tiny_dir, data_files, tmp_path):
+    overrides = dict(optim={"max_steps": 6, "epochs": 3}, regularisers=[{"name": "kl_to_base", "weight": 0.3}],
+                     method={"name": "lora", "dropout": 0.3})
+    whole = train(config(tiny_dir, data_files, tmp_path / "whole", **overrides))
+
+    def interrupt(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+
+    cfg = config(tiny_dir, data_files, tmp_path / "cut", **overrides)
+    with pytest.raises(Interrupted, match="step 3"):
+        train(cfg, on_step=interrupt)
+    assert json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text()) == {"checkpoint": "step-0000003"}
+    resumed = train(cfg)
+    assert [r["step"] for r in resumed.log] == list(range(1, 7))
+    for name, tensor in final_weights(whole).items():
+        assert torch.equal(tensor, final_weights(resumed)[name]), name
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from fairtune.training import load_config, train
+config = load_config(sys.argv[1])
+def kill(record):
+    if record["step"] == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+train(config, on_step=kill)
+"""
+
+
+def test_sigkill_then_resume_ends_with_the_same_weights(tiny_dir, data_files, tmp_path):
+    import yaml
+
+    overrides = dict(optim={"max_steps": 8, "epochs": 3}, checkpoint_every=3, method={"name": "lora", "dropout": 0.2},
+                     regularisers=[{"name": "l2sp", "weight": 0.1}])
+    whole = train(config(tiny_dir, data_files, tmp_path / "whole", **overrides))
+    cfg = config(tiny_dir, data_files, tmp_path / "killed", **overrides)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, str(script), str(path), "5"], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())["checkpoint"] == "step-0000003"
+    resumed = train(load_config(path))
+    assert [r["step"] for r in resumed.log] == list(range(1, 9))
+    for name, tensor in final_weights(whole).items():
+        assert torch.equal(tensor, final_weights(resumed)[name]), name
+
+
+def test_two_processes_under_accelerate_launch_train_like_one(tiny_dir, data_files, tmp_path):
+    """The same entry point under ``accelerate launch --num_processes 2`` (CPU, gloo)."""
+    import shutil
+
+    import yaml
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    overrides = dict(optim={"max_steps": 6, "batch_tokens": 128, "epochs": 6}, regularisers=[{"name": "kl_to_base",
+                                                                                   "weight": 0.2}])
+    single = train(config(tiny_dir, data_files, tmp_path / "one", **overrides))
+    cfg = config(tiny_dir, data_files, tmp_path / "two", **overrides)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    # --multi_gpu picks accelerate's torchrun launcher; with no GPU the processes join over gloo.
+    run = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fairtune.training",
+                          str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    log = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    assert manifest["processes"] == 2 and len(log) == 6
+    # Each step saw two processes' batches; the loss falls as in the one-process run.
+    assert sum(r["tokens"] for r in log) > sum(r["tokens"] for r in single.log[:6]) * 1.5
+    assert log[-1]["sft"] < log[0]["sft"] and single.log[-1]["sft"] < single.log[0]["sft"]
+    assert abs(log[0]["sft"] - single.log[0]["sft"]) < 0.5
