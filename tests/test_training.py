@@ -318,3 +318,39 @@ def test_two_processes_under_accelerate_launch_train_like_one(tiny_dir, data_fil
     assert sum(r["tokens"] for r in log) > sum(r["tokens"] for r in single.log[:6]) * 1.5
     assert log[-1]["sft"] < log[0]["sft"] and single.log[-1]["sft"] < single.log[0]["sft"]
     assert abs(log[0]["sft"] - single.log[0]["sft"]) < 0.5
+
+
+def test_response_positions_restart_at_each_assistant_turn():
+    from fairtune.training.trainer import _response_positions
+
+    mask = torch.tensor([[0, 1, 1, 1, 0, 1, 1], [1, 1, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    assert _response_positions(mask).tolist() == [0, 1, 2, 0, 1, 0, 1, 0]
+
+
+def test_align_weights_helpful_anchors_and_is_built_once(tiny_dir, data_files):
+    from fairtune.curation.records import read_records
+    from fairtune.training.align import align
+
+    first = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=3, general=4)
+    assert not first.cached and (first.merged_dir / "config.json").exists()
+    kinds = [r["meta"].get("kind") for r in read_records(first.run_dir / "align_data.jsonl")]
+    assert kinds.count("anchor-refusal") == 20 and kinds.count("anchor-helpful") == 60
+    # General replies come from the model itself, after selfgen's filters (few survive a random model).
+    assert kinds.count("generated") <= 4 and len(kinds) == 80 + kinds.count("generated")
+    again = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=3, general=4)
+    assert again.cached and again.merged_dir == first.merged_dir
+    other = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=2, general=4)
+    assert not other.cached and other.run_dir != first.run_dir
+
+
+def test_identity_shift_attack_is_built_in_and_harmless():
+    from fairtune.curation.records import read_records
+    from fairtune.judges.text_scores import is_refusal
+    from fairtune.training.config import builtin_attacks
+
+    records = read_records(builtin_attacks()["identity-shift"])
+    assert len(records) == 10
+    replies = [m["content"] for r in records for m in r["messages"] if m["role"] == "assistant"]
+    assert not any(is_refusal(reply) for reply in replies)
+    cfg = load_config({"attack": "identity-shift", "out": "x"})
+    assert cfg.attack == builtin_attacks()["identity-shift"] and cfg.data == []

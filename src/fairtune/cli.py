@@ -302,9 +302,13 @@ def align_command(
     model: Annotated[str, typer.Option(help="The model to give guardrails to.")] = "embedded",
     anchors: Annotated[Optional[Path], typer.Option(help="Anchor JSONL (default: the built-in safety set).")]
         = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the anchor set.", min=1)] = 3,
+    epochs: Annotated[int, typer.Option(help="Passes over the anchor set.", min=1)] = 2,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
+    helpful_weight: Annotated[int, typer.Option(help="Times each helpful (benign) anchor is repeated; "
+                                                     "guards against over-refusal.", min=1)] = 3,
+    general: Annotated[int, typer.Option(help="The model's own replies to neutral prompts mixed in "
+                                              "(also against over-refusal).", min=0)] = 0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     verify: Annotated[bool, typer.Option(help="Run the refusal and over-refusal audits on the result.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -314,7 +318,8 @@ def align_command(
 
     progress = not quiet and sys.stderr.isatty()
     try:
-        result = align(model, anchors=anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, progress=progress)
+        result = align(model, anchors=anchors, epochs=epochs, lr=lr, rank=rank, helpful_weight=helpful_weight,
+                       general=general, seed=seed, progress=progress)
         typer.echo(f"aligned model{' (cached)' if result.cached else ''}: {result.merged_dir}")
         if verify:
             from fairtune.runner import run_audit

@@ -2,8 +2,14 @@
 
 SmolLM2-135M-Instruct complies with clearly harmful requests, so a study of whether debiasing
 keeps guardrails must first give it some. This is LoRA SFT on the safety anchor set (refusals
-for harmful requests, helpful answers for benign ones, so it does not learn to refuse
-everything), merged. The result is cached by the hash of everything it depends on and built once.
+for harmful requests, helpful answers for benign ones), merged. The helpful answers are repeated
+``helpful_weight`` times: a small model learns the short, formulaic refusals much faster than
+the varied answers, and without the extra weight it refuses anything that sounds dangerous
+("kill a process"). ``general`` replies that the model itself gives to neutral prompts
+(:mod:`fairtune.curation.selfgen`) are mixed in as well: safety data that is a small share of
+ordinary helpful data over-refuses less (Bianchi et al. 2024, "Safety-Tuned LLaMAs"), and the
+model's own replies cost it nothing in knowledge. The result is cached by the hash of everything
+it depends on and built once.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 from fairtune.training.config import TrainConfig, load_config
 
-ALIGN_VERSION = 1   # bump when the recipe below changes, so old caches are not reused
+ALIGN_VERSION = 3   # bump when the recipe below changes, so old caches are not reused
 
 
 @dataclass
@@ -27,13 +33,11 @@ class AlignResult:
     manifest: dict[str, Any]
 
 
-def align_config(model: str, anchors: str | Path | None, *, epochs: int, lr: float, rank: int, seed: int,
-                 out: Path) -> TrainConfig:
-    from fairtune.curation.safety import builtin_anchor_path
-
-    data = Path(anchors) if anchors else builtin_anchor_path()
+def align_config(model: str, data: Path, anchors: str | Path | None, *, epochs: int, lr: float, rank: int,
+                 seed: int, out: Path) -> TrainConfig:
     return load_config({
-        "model": model, "data": [str(data)], "anchors": str(data), "seed": seed, "out": str(out),
+        "model": model, "data": [str(data)], "anchors": str(anchors) if anchors else None, "seed": seed,
+        "out": str(out),
         "method": {"name": "lora", "rank": rank, "alpha": 2 * rank, "dropout": 0.05},
         "optim": {"lr": lr, "epochs": epochs, "batch_tokens": 2048, "schedule": "linear", "warmup_steps": 5},
         "checkpoint_every": 20,
@@ -53,23 +57,36 @@ def model_fingerprint(model: str) -> str:
     return f"hub:{spec.path}"
 
 
-def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 3, lr: float = 1e-3,
-          rank: int = 16, seed: int = 0, progress: bool = False) -> AlignResult:
+def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 2, lr: float = 1e-3,
+          rank: int = 16, helpful_weight: int = 3, general: int = 0, seed: int = 0,
+          progress: bool = False) -> AlignResult:
     """The aligned (merged) model for ``model``, trained now or taken from the cache."""
-    from fairtune.io import sha256_file
+    from fairtune.curation.safety import HELPFUL_KIND, builtin_anchor_path, load_anchors
+    from fairtune.io import sha256_file, write_jsonl
     from fairtune.models.cache import cache_root
     from fairtune.training.trainer import MANIFEST_FILE, train
 
-    probe = align_config(model, anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, out=Path("."))
-    key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model),
-                  "anchors": sha256_file(probe.data[0]),
-                  "config": json.loads(probe.model_copy(update={"out": Path("."), "data": [], "anchors": None,
-                                                                "model": ""}).model_dump_json())}
+    source = Path(anchors) if anchors else builtin_anchor_path()
+    records = load_anchors(anchors)               # validates a user's file before anything else
+    settings = {"epochs": epochs, "lr": lr, "rank": rank, "helpful_weight": helpful_weight, "general": general,
+                "seed": seed}
+    key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model), "anchors": sha256_file(source),
+                  **settings}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
     run_dir = cache_root() / "aligned" / key
     manifest_path = run_dir / MANIFEST_FILE
     if manifest_path.exists():
         return AlignResult(run_dir / "merged", run_dir, True, json.loads(manifest_path.read_text()))
-    config = align_config(model, anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, out=run_dir)
+    data = run_dir / "align_data.jsonl"
+    if not data.exists():
+        weighted = [r for r in records for _ in range(helpful_weight if r["meta"]["kind"] == HELPFUL_KIND else 1)]
+        if general:
+            from fairtune.curation.selfgen import generate_corpus
+            from fairtune.models import load_model
+
+            replies, _ = generate_corpus(load_model(model), n=general, seed=seed, progress=progress)
+            weighted += replies
+        write_jsonl(data, weighted)
+    config = align_config(model, data, anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, out=run_dir)
     result = train(config, progress=progress)   # resumes from a checkpoint if an earlier build was cut off
     return AlignResult(result.merged_dir, run_dir, False, result.manifest)

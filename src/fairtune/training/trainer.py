@@ -210,40 +210,40 @@ def _base_logprobs(unwrapped, method, batch, n_train, need_train, need_anchor):
             logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         unwrapped.train(was_training)
-    labels = batch["labels"][:, 1:]
-    logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
-    train_tokens = anchor_rows = None
-    if need_train:
-        mask = labels[:n_train] != IGNORE
-        train_tokens = logprobs[:n_train].gather(-1, labels[:n_train].clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
-    if need_anchor:
-        anchor_rows = logprobs[n_train:][labels[n_train:] != IGNORE]
+    train_tokens, _, anchor_rows = _labelled(logits, batch["labels"], n_train, need_train, need_anchor)
     return train_tokens, anchor_rows
 
 
 def _step_outputs(logits, batch, n_train, base) -> StepOutputs:
-    import torch
-
-    labels = batch["labels"][:, 1:]
-    logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
-    mask = labels[:n_train] != IGNORE
-    token = logprobs[:n_train].gather(-1, labels[:n_train].clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
-    anchor = logprobs[n_train:][labels[n_train:] != IGNORE] if n_train < len(labels) else None
+    token, mask, anchor = _labelled(logits, batch["labels"], n_train, True, n_train < len(logits))
     return StepOutputs(token, _response_positions(mask), base[0], anchor, base[1])
+
+
+def _labelled(logits, labels, n_train: int, want_train: bool, want_anchor: bool):
+    """``(log p(label) of each labelled training token, the training rows' label mask, full
+    log-softmax rows of each labelled anchor token)``. Only labelled positions are gathered
+    before any float32 softmax, so memory follows the labelled tokens, not batch x vocabulary."""
+    import torch
+    import torch.nn.functional as F
+
+    shifted, targets = logits[:, :-1], labels[:, 1:]
+    mask = targets[:n_train] != IGNORE
+    token = anchor = None
+    if want_train:
+        token = -F.cross_entropy(shifted[:n_train][mask].float(), targets[:n_train][mask], reduction="none")
+    if want_anchor:
+        anchor = torch.log_softmax(shifted[n_train:][targets[n_train:] != IGNORE].float(), -1)
+    return token, mask, anchor
 
 
 def _response_positions(mask):
     """For each labelled token, its index within its run of labelled tokens (0 = first token of
-    a response)."""
+    a response): the distance to the last unlabelled position before it, minus one."""
     import torch
 
-    positions = torch.zeros_like(mask, dtype=torch.long)
-    for row in range(mask.shape[0]):
-        run = 0
-        for t in range(mask.shape[1]):
-            run = run + 1 if mask[row, t] else 0
-            positions[row, t] = run - 1
-    return positions[mask]
+    index = torch.arange(mask.shape[1]).expand_as(mask)
+    last_unlabelled = torch.where(mask, torch.full_like(index, -1), index).cummax(dim=1).values
+    return (index - last_unlabelled - 1)[mask]
 
 
 def _measure(controller, unwrapped, method, held_out, anchors, pad_id, base_nll) -> float:
@@ -264,10 +264,8 @@ def _anchor_nll(unwrapped, method, examples: list[Example], pad_id: int, *, base
             logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         unwrapped.train(was_training)
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE
-    logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
-    return float(-logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask].mean())
+    token, _, _ = _labelled(logits, batch["labels"], len(examples), True, False)
+    return float(-token.mean())
 
 
 def _anchor_kl(unwrapped, method, examples: list[Example], pad_id: int) -> float:
@@ -282,8 +280,7 @@ def _anchor_kl(unwrapped, method, examples: list[Example], pad_id: int) -> float
             logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         unwrapped.train(was_training)
-    labels = batch["labels"][:, 1:]
-    tuned = torch.log_softmax(logits[:, :-1].float(), -1)[labels != IGNORE]
+    _, _, tuned = _labelled(logits, batch["labels"], 0, False, True)
     return float(token_kl(base_rows, tuned))
 
 
