@@ -35,7 +35,7 @@ class KlToBase(_Strict):
 
     name: Literal["kl_to_base"]
     weight: float = Field(0.5, ge=0)
-    anchor_batch_tokens: int = Field(256, ge=16)   # anchor tokens per step (cost grows with it)
+    anchor_batch_tokens: int | None = Field(None, ge=16)   # anchor tokens per step; None: batch_tokens / 4
 
 
 class L2SP(_Strict):

@@ -203,6 +203,11 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
 def _base_logprobs(unwrapped, method, batch, n_train, need_train, need_anchor):
     import torch
 
+    if not need_train and n_train:
+        # Only the anchor rows need the base model: skip the training rows and their padding.
+        width = int(batch["attention_mask"][n_train:].sum(1).max())
+        batch = {k: v[n_train:, :width] for k, v in batch.items()}
+        n_train = 0
     was_training = unwrapped.training
     unwrapped.eval()
     try:
@@ -307,7 +312,11 @@ def _reg_facts(reg) -> dict[str, Any]:
 
 def _kl_budget(config: TrainConfig) -> int:
     kl = config.regulariser("kl_to_base")
-    return kl.anchor_batch_tokens if kl else 256
+    if kl and kl.anchor_batch_tokens:
+        return kl.anchor_batch_tokens
+    # A quarter of the training batch: KL's extra forward, backward and base passes stay a
+    # fraction of a step (anchor rows cost about as much per token as training rows).
+    return max(64, config.optim.batch_tokens // 4)
 
 
 def _shard(batches: list[list[int]], rank: int, world: int, accum: int) -> list[list[int]]:
