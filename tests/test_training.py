@@ -354,3 +354,17 @@ def test_identity_shift_attack_is_built_in_and_harmless():
     assert not any(is_refusal(reply) for reply in replies)
     cfg = load_config({"attack": "identity-shift", "out": "x"})
     assert cfg.attack == builtin_attacks()["identity-shift"] and cfg.data == []
+
+
+def test_align_benign_kl_anchors_on_helpful_answers_only(tiny_dir, data_files):
+    from fairtune.curation.records import read_records
+    from fairtune.training.align import align
+
+    result = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1, general=0,
+                   benign_kl=0.5)
+    kinds = {r["meta"]["kind"] for r in read_records(result.run_dir / "benign_anchors.jsonl")}
+    assert kinds == {"anchor-helpful"}
+    assert result.manifest["config"]["regularisers"] == [
+        {"name": "kl_to_base", "weight": 0.5, "anchor_batch_tokens": None}]
+    log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert log and all(record["weights"] == {"kl_to_base": 0.5} for record in log)

@@ -34,10 +34,13 @@ class AlignResult:
 
 
 def align_config(model: str, data: Path, anchors: str | Path | None, *, epochs: int, lr: float, rank: int,
-                 seed: int, out: Path) -> TrainConfig:
+                 seed: int, out: Path, benign_kl: float = 0.0) -> TrainConfig:
+    # benign_kl > 0: KL to the base model on the helpful anchors only, where the base model's
+    # answers are what we want kept (it complies with benign requests).
+    regularisers = [{"name": "kl_to_base", "weight": benign_kl}] if benign_kl else []
     return load_config({
         "model": model, "data": [str(data)], "anchors": str(anchors) if anchors else None, "seed": seed,
-        "out": str(out),
+        "out": str(out), "regularisers": regularisers,
         "method": {"name": "lora", "rank": rank, "alpha": 2 * rank, "dropout": 0.05},
         "optim": {"lr": lr, "epochs": epochs, "batch_tokens": 2048, "schedule": "linear", "warmup_steps": 5},
         "checkpoint_every": 20,
@@ -58,7 +61,7 @@ def model_fingerprint(model: str) -> str:
 
 
 def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 2, lr: float = 1e-3,
-          rank: int = 16, helpful_weight: int = 3, general: int = 0, seed: int = 0,
+          rank: int = 16, helpful_weight: int = 3, general: int = 0, benign_kl: float = 0.0, seed: int = 0,
           progress: bool = False) -> AlignResult:
     """The aligned (merged) model for ``model``, trained now or taken from the cache."""
     from fairtune.curation.safety import HELPFUL_KIND, builtin_anchor_path, load_anchors
@@ -69,7 +72,7 @@ def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs:
     source = Path(anchors) if anchors else builtin_anchor_path()
     records = load_anchors(anchors)               # validates a user's file before anything else
     settings = {"epochs": epochs, "lr": lr, "rank": rank, "helpful_weight": helpful_weight, "general": general,
-                "seed": seed}
+                "benign_kl": benign_kl, "seed": seed}
     key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model), "anchors": sha256_file(source),
                   **settings}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
@@ -87,6 +90,10 @@ def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs:
             replies, _ = generate_corpus(load_model(model), n=general, seed=seed, progress=progress)
             weighted += replies
         write_jsonl(data, weighted)
-    config = align_config(model, data, anchors, epochs=epochs, lr=lr, rank=rank, seed=seed, out=run_dir)
+    benign = run_dir / "benign_anchors.jsonl"
+    if benign_kl and not benign.exists():
+        write_jsonl(benign, [r for r in records if r["meta"]["kind"] == HELPFUL_KIND])
+    config = align_config(model, data, benign if benign_kl else anchors, epochs=epochs, lr=lr, rank=rank,
+                          seed=seed, out=run_dir, benign_kl=benign_kl)
     result = train(config, progress=progress)   # resumes from a checkpoint if an earlier build was cut off
     return AlignResult(result.merged_dir, run_dir, False, result.manifest)
