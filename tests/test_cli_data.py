@@ -83,3 +83,24 @@ def test_safety_anchors_subset_is_balanced(tmp_path):
     assert result.exit_code == 0, result.output
     kinds = [r["meta"]["kind"] for r in lines(out / "train.jsonl")]
     assert kinds.count("anchor-refusal") == 20 and kinds.count("anchor-helpful") == 30
+
+
+def test_bad_input_to_a_builder_exits_2_in_one_line_and_writes_nothing(tmp_path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"text": "fine words here"}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
+    frames = tmp_path / "frames.txt"
+    frames.write_text("f1 | The {occupation} finished {poss} shift.\nf2 | The {occupation} met {colour}.\n")
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text('{"prompt": "p", "response": "r", "label": "maybe"}\n')
+    cases = [
+        (["data", "cda", str(source)], f"{source}, row 2, field 'messages'"),
+        (["data", "templates", "--frames", str(frames)], f"{frames}, row 2"),
+        (["data", "safety-anchors", "--anchors", str(anchors)], f"{anchors}, row 1, field 'label'"),
+    ]
+    for index, (args, where) in enumerate(cases):
+        out = tmp_path / f"out{index}"
+        result = runner.invoke(app, [*args, "--out", str(out)])
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and where in message and "Traceback" not in result.output, args
+        assert len([line for line in result.output.splitlines() if line.strip()]) <= 2   # console wrap
+        assert not out.exists()

@@ -236,9 +236,26 @@ def test_cli_bad_config_exits_2_before_loading_a_model(tmp_path):
     from fairtune.cli import app
 
     path = tmp_path / "config.yaml"
-    path.write_text("model: /nonexistent\ndata: [missing.jsonl]\n")
+    path.write_text(f"model: /nonexistent\ndata: [missing.jsonl]\nout: {tmp_path / 'run'}\n")
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2 and "data.0" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_align_with_a_bad_anchor_file_exits_2_and_builds_nothing(tmp_path, tiny_dir):
+    import os
+
+    from typer.testing import CliRunner
+
+    from fairtune.cli import app
+
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text('{"prompt": "p", "label": "harmful"}\n')
+    aligned = Path(os.environ["FAIRTUNE_CACHE"]) / "aligned"
+    before = sorted(aligned.iterdir()) if aligned.exists() else []
+    result = CliRunner().invoke(app, ["align", "--model", str(tiny_dir), "--anchors", str(anchors), "--no-verify"])
+    assert result.exit_code == 2 and f"{anchors}, row 1, field 'response'" in " ".join(result.output.split())
+    assert (sorted(aligned.iterdir()) if aligned.exists() else []) == before
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tiny_dir, data_files, tmp_path):
@@ -368,3 +385,24 @@ def test_align_benign_kl_anchors_on_helpful_answers_only(tiny_dir, data_files):
         {"name": "kl_to_base", "weight": 0.5, "anchor_batch_tokens": None}]
     log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert log and all(record["weights"] == {"kl_to_base": 0.5} for record in log)
+
+
+@pytest.mark.parametrize("name", ["norm", "full"])
+def test_base_model_swaps_in_the_starting_weights_and_back(tiny_dir, name):
+    from fairtune.models import load_model
+    from fairtune.training.config import MethodConfig
+    from fairtune.training.methods import get_method
+
+    method = get_method(MethodConfig(name=name))
+    model = method.prepare(load_model(str(tiny_dir)).model)
+    method.snapshot(model)
+    ids = torch.tensor([[1, 40, 41, 42]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        for param in method.trainable(model).values():
+            param.add_(0.1)
+        trained = model(input_ids=ids).logits
+        with method.base_model(model):
+            assert torch.equal(model(input_ids=ids).logits, before)
+        assert torch.equal(model(input_ids=ids).logits, trained)
+    assert not torch.equal(before, trained)

@@ -88,14 +88,12 @@ def _drop_near(groups, names, threshold, shingle, num_perm, seed, report) -> lis
     # LSH's threshold is the middle of an S-curve, so pairs just above it are missed half the
     # time; a lower candidate threshold makes misses rare, and the exact Jaccard then decides.
     lsh = MinHashLSH(threshold=max(0.05, threshold - 0.25), num_perm=num_perm)
+    shingles = {name: _shingles(_group_text(groups[name]), shingle) for name in names}
     kept = []
     for name in names:
-        shingles = _shingles(_group_text(groups[name]), shingle)
         signature = MinHash(num_perm=num_perm, seed=seed)
-        signature.update_batch(list(shingles))
-        candidates = lsh.query(signature)
-        # LSH proposes candidates; the exact Jaccard of the shingle sets decides.
-        best = max(((_jaccard(shingles, _shingles(_group_text(groups[c]), shingle)), c) for c in candidates),
+        signature.update_batch(list(shingles[name]))
+        best = max(((_jaccard(shingles[name], shingles[c]), c) for c in lsh.query(signature)),
                    default=(0.0, None))
         if best[1] is not None and best[0] >= threshold:
             report.near.append({"dropped": name, "kept": best[1], "jaccard": round(best[0], 3)})

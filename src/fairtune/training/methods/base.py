@@ -35,24 +35,16 @@ class Method:
 
     @contextlib.contextmanager
     def base_model(self, model: Any) -> Iterator[Any]:
-        """The model as it was before training, without a second copy in memory: the starting
-        values are swapped in, and the trained ones back out afterwards."""
-        import torch
-
+        """The model as it was before training, without a second copy in memory: each trained
+        weight's storage is swapped with its starting value's (no copying), and back afterwards."""
         params = self.trainable(model)
-        with torch.no_grad():
-            for name, param in params.items():
-                current = param.detach().clone()
-                param.copy_(self._start[name])
-                self._start[name] = current
+        for name, param in params.items():
+            param.data, self._start[name] = self._start[name], param.data
         try:
             yield model
         finally:
-            with torch.no_grad():
-                for name, param in params.items():
-                    start = param.detach().clone()
-                    param.copy_(self._start[name])
-                    self._start[name] = start
+            for name, param in params.items():
+                param.data, self._start[name] = self._start[name], param.data
 
     def displacements(self, model: Any) -> Iterator[tuple[str, Any]]:
         """``(weight name, change since the start)`` for every weight training moves, with
