@@ -36,3 +36,12 @@ class ModelError(FairtuneError):
 
 class OutputError(FairtuneError):
     """An output location that cannot be written as asked."""
+
+
+def from_validation(exc: Exception, *, file: str | Path | None) -> InputError:
+    """A pydantic ``ValidationError`` as one line naming the first bad key."""
+    error = exc.errors()[0]   # type: ignore[attr-defined]
+    # Validator steps and tagged-union tags appear in loc; keep the user's path only.
+    key = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+    message = error["msg"].removeprefix("Value error, ")
+    return InputError(message, file=file, field=key or None)

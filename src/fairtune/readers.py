@@ -112,3 +112,20 @@ def read_jsonl_rows(path: str | Path, required: Sequence[str] = ()) -> Iterator[
         yield line_number, obj
     if count == 0:
         raise InputError("empty file, expected JSON lines", file=path)
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML (or JSON) file whose top level is a mapping of settings."""
+    import yaml
+
+    path = Path(path)
+    text = read_text(path)
+    try:
+        raw = yaml.safe_load(text)   # JSON is YAML too
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
+                         row=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise InputError("expected a mapping of settings at the top level", file=path)
+    return raw

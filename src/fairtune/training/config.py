@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fairtune.errors import InputError
+from fairtune.errors import InputError, from_validation
+from fairtune.readers import read_mapping
 
 
 class _Strict(BaseModel):
@@ -156,7 +157,7 @@ def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainC
     if isinstance(source, dict):
         raw = dict(source)
     else:
-        raw = _read_mapping(Path(source))
+        raw = read_mapping(Path(source))
     method = overrides.pop("method", None)
     if isinstance(method, str):
         raw["method"] = {**(raw.get("method") or {}), "name": method}
@@ -168,11 +169,7 @@ def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainC
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union")))
-        # The tagged-union step names the regulariser type in loc; keep the user's path only.
-        message = error["msg"].removeprefix("Value error, ")
-        raise InputError(message, file=label, field=key or None) from None
+        raise from_validation(exc, file=label) from None
     for path in config.input_files():
         if not Path(path).is_file():
             raise InputError("no such file", file=label, field=_field_of(config, path))
@@ -183,20 +180,3 @@ def _field_of(config: TrainConfig, path: Path) -> str:
     if path in config.data:
         return f"data.{config.data.index(path)}"
     return "attack" if path == config.attack else "anchors"
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from fairtune.readers import read_text
-
-    text = read_text(path)
-    try:
-        raw = yaml.safe_load(text)   # JSON is YAML too
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=path,
-                         row=mark.line + 1 if mark else None) from None
-    if not isinstance(raw, dict):
-        raise InputError("expected a mapping of settings at the top level", file=path)
-    return raw
