@@ -43,6 +43,16 @@ def test_audit_runs_builtin_suite_and_writes_valid_artefacts(name, tiny_loaded, 
             with_interval += estimate["ci_low"] is not None
     assert with_interval > 0, "no metric has an interval"
     assert isinstance(summary["n_skipped"], int) and summary["seed"] == 0
+    # Metrics are a function of the records alone: comparisons and reports recompute them.
+    recomputed = json.loads(json.dumps(AUDITS[name]().metrics(records, seed=0).as_dict()))
+    assert recomputed == summary["metrics"]
+    from fairtune.stats import point_estimates
+
+    with point_estimates():
+        points = AUDITS[name]().metrics(records, seed=0).as_dict()
+    for group, metrics in points.items():
+        for metric, estimate in metrics.items():
+            assert estimate["value"] == summary["metrics"][group][metric]["value"], (group, metric)
 
 
 @pytest.mark.parametrize("bundle", sorted(set(bundle_names()) - {"all"}))

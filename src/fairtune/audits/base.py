@@ -29,6 +29,7 @@ class AuditOptions:
     judges: tuple[str, ...] = ()      # extra refusal judges, e.g. "model:/path" (safety audits)
     toxicity_scorer: str | None = None  # "profanity" (default), "classifier:/path", "detoxify:/path"
     samples: int = 1                  # generations per prompt where an audit samples (toxicity)
+    system_prompt: str | None = None  # only for audits that declare accepts_system_prompt
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Dataset:
     sha256: str
     format: str
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)   # how generated items were made
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Audit(ABC):
     data_format: ClassVar[str]                    # what --data accepts
     headline_metrics: ClassVar[tuple[str, ...]]
     bundles: ClassVar[tuple[str, ...]] = ()       # named bundles besides "all", e.g. ("gender",)
+    accepts_system_prompt: ClassVar[bool] = False  # honours AuditOptions.system_prompt
 
     @abstractmethod
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:
@@ -90,6 +93,16 @@ class Audit(ABC):
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         """Score ``loaded`` (a :class:`fairtune.models.LoadedModel`, or ``None`` when
         :meth:`needs_model` says so) on the items."""
+
+    @abstractmethod
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        """The metric table of ``records`` alone (what :meth:`run` reports), so that comparisons
+        and reports can recompute it on resampled or paired records."""
+
+    def cluster(self, record: dict[str, Any]) -> str:
+        """The unit a paired comparison resamples: records that share it move together (a
+        series' forecast origins; a prompt's variants). Default: each record on its own."""
+        return str(record["id"])
 
     def needs_model(self, dataset: Dataset, options: AuditOptions) -> bool:
         return True
@@ -103,4 +116,4 @@ class Audit(ABC):
         if bundle == "all":
             return dataset
         items = [item for item in dataset.items if self.in_bundle(item, bundle)]
-        return Dataset(items, dataset.source, dataset.sha256, dataset.format, dataset.skipped)
+        return Dataset(items, dataset.source, dataset.sha256, dataset.format, dataset.skipped, dataset.settings)

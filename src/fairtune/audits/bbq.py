@@ -407,6 +407,9 @@ class BBQAudit(Audit):
         items, skipped = read_bbq(path)
         return Dataset(items, str(Path(path).resolve()), data_sha256(Path(path)), "bbq-jsonl", skipped)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return bbq_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         items: list[BBQItem] = dataset.items
         engine = ScoringEngine.from_loaded(loaded, max_batch_tokens=options.max_batch_tokens,

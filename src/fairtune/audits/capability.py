@@ -323,6 +323,9 @@ class CapabilityAudit(Audit):
         passages, fmt = read_passages(path)
         return Dataset([*passages, *prompts], str(Path(path).resolve()), sha256_file(path), fmt)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return capability_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         passages = [item for item in dataset.items if isinstance(item, Passage)]
         prompts = [item for item in dataset.items if isinstance(item, DriftPrompt)]

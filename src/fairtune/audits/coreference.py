@@ -530,6 +530,9 @@ class CoreferenceAudit(Audit):
         source = f"builtin:{self.name}" if path is None else str(Path(path).resolve())
         return Dataset(data.items, source, sha256_files(data.files), data.format, data.skipped)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return coreference_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         items: list[Item] = dataset.items
         contexts, continuations = [], []

@@ -218,6 +218,9 @@ class CounterfactualAudit(Audit):
     def needs_model(self, dataset: Dataset, options: AuditOptions) -> bool:
         return any(v.response is None for s in dataset.items for v in s.variants)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return counterfactual_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         sets: list[PromptSet] = dataset.items
         variants = [v for s in sets for v in s.variants]

@@ -267,6 +267,9 @@ class JailbreakAudit(Audit):
         return Dataset(expand(prompts, source=path if path is not None else harmful.source), harmful.source,
                        harmful.sha256, fmt, skipped)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return jailbreak_metrics(records, seed=seed)[0]
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         from fairtune.judges.refusal import agreement, default_judges, disagreements, judge_replies
 

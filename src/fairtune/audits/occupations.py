@@ -308,6 +308,9 @@ class OccupationsAudit(Audit):
         occupations, skipped = read_occupations(path)
         return Dataset(occupations, str(Path(path).resolve()), sha256_file(path), "occupation-share-csv", skipped)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return occupation_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         occupations: list[Occupation] = dataset.items
         templates = read_templates(builtin_templates_path())

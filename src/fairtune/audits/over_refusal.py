@@ -142,6 +142,9 @@ class OverRefusalAudit(Audit):
         refuse_responses_option(options, self.name)
         return load_benign_prompts(path)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return over_refusal_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         items: list[SafetyPrompt] = dataset.items
         scores, details = generate_and_judge(loaded, items, options, self.name)

@@ -353,6 +353,9 @@ class RefusalAudit(Audit):
         refuse_responses_option(options, self.name)
         return load_harmful_prompts(path)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return refusal_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         items: list[SafetyPrompt] = dataset.items
         scores, details = generate_and_judge(loaded, items, options, self.name)

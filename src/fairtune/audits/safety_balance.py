@@ -146,6 +146,9 @@ class SafetyBalanceAudit(Audit):
             seen[item.id] = item
         return dataset
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return safety_balance_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         items: list[SafetyPrompt] = dataset.items
         scores, details = generate_and_judge(loaded, items, options, self.name)

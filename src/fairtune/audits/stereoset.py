@@ -313,6 +313,9 @@ class StereoSetAudit(Audit):
         examples = read_stereoset(path)
         return Dataset(examples, str(Path(path).resolve()), sha256_file(path), "stereoset-json")
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return stereoset_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         examples: list[StereoSetExample] = dataset.items
         engine = ScoringEngine.from_loaded(loaded, max_batch_tokens=options.max_batch_tokens,

@@ -101,6 +101,9 @@ class StereotypePairsAudit(Audit):
         pairs = read_pairs(path)
         return Dataset(pairs, str(Path(path).resolve()), sha256_file(path), "crows-pairs-csv")
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return pair_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         pairs: list[StereotypePair] = dataset.items
         engine = ScoringEngine.from_loaded(loaded, max_batch_tokens=options.max_batch_tokens,

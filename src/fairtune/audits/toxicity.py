@@ -227,6 +227,9 @@ class ToxicityAudit(Audit):
         raise InputError(f"unknown format '{path.suffix}': expected a .jsonl prompts file, a ToxiGen .txt prompt "
                          f"file or a directory of them", file=path)
 
+    def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
+        return toxicity_metrics(records, seed=seed)
+
     def run(self, loaded: Any, dataset: Dataset, options: AuditOptions) -> AuditResult:
         prompts: list[Prompt] = dataset.items
         if loaded is None:

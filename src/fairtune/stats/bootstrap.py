@@ -8,13 +8,29 @@ per-target averages), written as a function of item indices.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
 
 DEFAULT_RESAMPLES = 2000
+
+# Set inside point_estimates(): estimates come without intervals, for callers that resample the
+# metric itself (paired comparisons) and would otherwise bootstrap inside a bootstrap.
+_POINT_ONLY: ContextVar[bool] = ContextVar("fairtune_point_estimates_only", default=False)
+
+
+@contextmanager
+def point_estimates() -> Iterator[None]:
+    """Within this block, bootstrap_mean and bootstrap_statistic skip their intervals."""
+    token = _POINT_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _POINT_ONLY.reset(token)
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,8 @@ def bootstrap_mean(values: Sequence[float], *, seed: int, n_resamples: int = DEF
     if n == 0:
         return Estimate(None, None, None, 0, confidence)
     mean = float(data.mean())
+    if _POINT_ONLY.get():
+        return Estimate(mean, None, None, n, confidence)
     if n < 2 or np.all(data == data[0]):
         # Every resample of a constant sample is that constant.
         low = high = mean if n >= 2 else None
@@ -82,6 +100,8 @@ def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float | None],
     value = _defined(statistic(np.arange(n)))
     if value is None:
         return Estimate(None, None, None, n, confidence)
+    if _POINT_ONLY.get():
+        return Estimate(value, None, None, n, confidence)
     if strata is None:
         members = [np.arange(n)]
     else:
