@@ -56,6 +56,8 @@ def audit(
     toxicity_scorer: Annotated[Optional[str], typer.Option(help="profanity (default), classifier:PATH "
                                                                 "or detoxify:PATH.")] = None,
     samples: Annotated[int, typer.Option(help="Generations per prompt where an audit samples.", min=1)] = 1,
+    system_prompt: Annotated[Optional[str], typer.Option(help="System prompt for audits that take one "
+                                                              "(extrapolation's prompt baseline).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out directory.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for bootstrap intervals (and sampling).")] = 0,
     dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster, drifts).")] = "float32",
@@ -76,9 +78,10 @@ def audit(
                     judges=tuple(judge or ()), toxicity_scorer=toxicity_scorer, samples=samples)
     try:
         if suite in AUDITS:
-            runs = [run_audit(suite, data=data, responses=responses, **settings)]
-        elif data is not None or responses is not None:
-            raise FairtuneError(f"suite '{suite}': --data and --responses go with a single audit, not a bundle")
+            runs = [run_audit(suite, data=data, responses=responses, system_prompt=system_prompt, **settings)]
+        elif data is not None or responses is not None or system_prompt is not None:
+            raise FairtuneError(f"suite '{suite}': --data, --responses and --system-prompt go with a single "
+                                "audit, not a bundle")
         else:
             runs = list(run_bundle(suite, **settings).runs.values())
     except FairtuneError as exc:
@@ -254,6 +257,22 @@ def data_safety_anchors(
                                          guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
 
 
+@data_app.command("forecasts")
+def data_forecasts(
+    out: OutOption,
+    spec: Annotated[Optional[Path], typer.Option(help="A panel spec (.json/.yaml with PanelSpec fields); "
+                                                      "default: the built-in training panels.")] = None,
+    against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
+    no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
+    force: ForceOption = False,
+) -> None:
+    """Forecast prompts answered with the rational forecast (extrapolation debiasing data)."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.forecasts(out=out, spec_file=spec, seed=seed, validation_fraction=validation,
+                                    guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+
+
 @data_app.command("check")
 def data_check(
     inputs: Annotated[list[Path], typer.Argument(help="Training JSONL files to check.")],
@@ -333,6 +352,43 @@ def align_command(
                            f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
     except FairtuneError as exc:
         raise _fail(str(exc), exc.exit_code) from None
+
+
+@app.command("extrapolation")
+def extrapolation_command(
+    out: Annotated[Path, typer.Option(help="Recipe directory (stages are cached there; re-run to resume).")],
+    model: Annotated[str, typer.Option(help="The model to debias.")] = "embedded",
+    seed: Annotated[int, typer.Option(help="Recipe seed: every panel is simulated afresh per seed.")] = 0,
+    train_rho: Annotated[Optional[list[float]], typer.Option(help="Training rho levels (repeatable).")] = None,
+    eval_rho: Annotated[Optional[list[float]], typer.Option(help="Out-of-sample rho levels (repeatable).")] = None,
+    horizons: Annotated[bool, typer.Option(help="Also evaluate held-out horizons (t+2, t+3).")] = False,
+    epochs: Annotated[int, typer.Option(help="Passes over the rational data.", min=1)] = 2,
+    lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-3,
+    rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+) -> None:
+    """Extrapolation debiasing: audit -> rational data -> LoRA -> audit, in and out of sample."""
+    from pydantic import ValidationError
+
+    from fairtune.errors import from_validation
+    from fairtune.forecasting.panel import SPLITS
+    from fairtune.recipes.extrapolation import ExtrapolationRecipe, TrainSettings, run_extrapolation
+
+    try:
+        try:
+            recipe = ExtrapolationRecipe(model=model, train=TrainSettings(epochs=epochs, lr=lr, rank=rank))
+            if horizons:
+                recipe.evaluations["horizon-out-of-sample"] = SPLITS["horizon-out-of-sample"]
+            recipe = recipe.reseeded(seed).with_rhos(train_rho, eval_rho)
+        except ValidationError as exc:
+            raise from_validation(exc, file=None) from None
+        result = run_extrapolation(recipe, out=out, progress=not quiet and sys.stderr.isatty(),
+                                   log=(lambda _: None) if quiet else (lambda line: err.print(line, highlight=False)))
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; finished stages are kept and a re-run resumes", 130) from None
+    typer.echo((result.out_dir / "summary.md").read_text(), nl=False)
 
 
 @app.command(hidden=True)

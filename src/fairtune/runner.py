@@ -16,6 +16,7 @@ from typing import Any
 from fairtune.audits import (AUDITS, Audit, AuditOptions, Dataset, bundle_members, bundle_names, get_audit,
                              unknown_suite)
 from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
+from fairtune.errors import FairtuneError
 from fairtune.io import atomic_open, prepare_out_dir, write_json, write_jsonl
 from fairtune.markdown import disagreements_markdown
 from fairtune.models import LoadedModel, load_model
@@ -52,20 +53,27 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
               max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, progress: bool = False,
               max_new_tokens: int = 48, reference: str | LoadedModel | None = None,
               responses: str | Path | None = None, judges: tuple[str, ...] = (),
-              toxicity_scorer: str | None = None, samples: int = 1) -> AuditRun:
+              toxicity_scorer: str | None = None, samples: int = 1,
+              system_prompt: str | None = None) -> AuditRun:
     """Audit ``model`` on ``suite`` (its built-in items, or ``data``).
 
     ``model`` is a spec string (``embedded``, a directory, a ``.gguf`` file, a hub id) or an
     already loaded :class:`LoadedModel`, so a notebook can audit one model many times.
     ``reference`` is the model that drift is measured against (capability); ``responses`` is
-    a file of outputs to score instead of generating (counterfactual). With ``out``, the
+    a file of outputs to score instead of generating (counterfactual); ``system_prompt`` goes to
+    audits that accept one (the extrapolation prompt baseline). With ``out``, the
     artefacts are written there atomically; a non-empty ``out`` is refused unless ``force``.
     """
     started = time.perf_counter()
     audit = get_audit(suite)
+    if system_prompt is not None and not audit.accepts_system_prompt:
+        accepting = sorted(name for name, cls in AUDITS.items() if cls.accepts_system_prompt)
+        raise FairtuneError(f"suite '{suite}': --system-prompt is not supported (audits that take one: "
+                            f"{', '.join(accepting)})")
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
     options = _options(seed, progress, max_batch_tokens, max_new_tokens, responses, judges, toxicity_scorer,
                        samples)
+    options.system_prompt = system_prompt
     dataset = audit.load(Path(data) if data is not None else None, options)
     loaded = _load(model, dtype, trust_remote_code) if audit.needs_model(dataset, options) else None
     options.reference = _reference(reference, model, loaded, dtype, trust_remote_code)

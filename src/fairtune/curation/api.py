@@ -129,3 +129,28 @@ def _is_axis(axis: str) -> bool:
     from fairtune.curation.cda import AXES
 
     return axis in AXES
+
+
+def forecasts(*, out: str | Path | None, spec_file: str | Path | None = None,
+              panels: Sequence[Any] | None = None, seed: int = 0,
+              validation_fraction: float = 0.1, guard: GuardSettings | None = None, force: bool = False,
+              name: str | None = None) -> CurationResult:
+    """Rational-forecast chat records (:mod:`fairtune.forecasting.dataset`): the built-in training
+    panels, or one panel spec file (PanelSpec fields in JSON/YAML)."""
+    from fairtune.forecasting.dataset import SOURCE, rational_records
+    from fairtune.forecasting.panel import TRAIN_PANELS
+
+    if spec_file is not None:
+        from fairtune.audits.extrapolation import load_panel_spec
+
+        panels = (load_panel_spec(spec_file),)
+        sources = [Source.from_file(spec_file, 0)]
+    else:
+        panels = tuple(panels or TRAIN_PANELS)
+        sources = [Source(SOURCE, 0)]
+    records = rational_records(panels)
+    sources[0].records = len(records)
+    return finalize(records, name=name or "rational-forecasts", builder="fairtune data forecasts", sources=sources,
+                    settings={"panels": [p.model_dump(mode="json") for p in panels]},
+                    out=out, force=force, validation_fraction=validation_fraction, seed=seed, guard=guard,
+                    near_threshold=None)   # a series' consecutive origins share most of their history

@@ -45,15 +45,17 @@ class GenerationEngine:
 
     def generate(self, prompts: Sequence[str | list[Message]], *, system: str | None = None,
                  do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.95,
-                 seed: int = 0, max_new_tokens: int | None = None) -> list[Generation]:
+                 seed: int = 0, max_new_tokens: int | None = None, prefill: str = "") -> list[Generation]:
         """Reply to each prompt (a user message, or a whole message list), in input order.
 
         Greedy by default; with ``do_sample`` the same seed and inputs give the same replies.
+        ``prefill`` starts every assistant reply (the model continues it); the returned text
+        includes it.
         """
         import torch
 
         conversations = [self._messages(p, system) for p in prompts]
-        texts = [self.render(m) for m in conversations]
+        texts = [self.render(m) + prefill for m in conversations]
         encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
         results: list[Generation | None] = [None] * len(texts)
@@ -76,7 +78,7 @@ class GenerationEngine:
                     kept = new if stop is None else new[:stop]
                     results[index] = Generation(
                         conversations[index], texts[index],
-                        self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                        (prefill + self.tokenizer.decode(kept, skip_special_tokens=True)).strip(),
                         len(kept), "length" if stop is None else "stop")
                 bar.advance(task, len(batch))
         return results  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Recipes: whole studies (audit, data, training, audit again) as one call each."""

@@ -1,0 +1,289 @@
+"""The extrapolation-debiasing recipe: audit -> rational data -> LoRA -> audit, in and out of sample.
+
+The loop of Gao, Jiang and Yan (2026) on any model: measure the error-on-revision (CG)
+coefficient of the model's forecasts, show that a "be rational" system prompt does not remove
+it, fine-tune on rational forecast targets, and measure again on panels whose rho levels,
+scale, number format (and, optionally, horizons) training never showed.
+
+Stages write into ``out/<stage>/`` and are skipped when their directory is complete and was
+made from the same inputs (a ``stage.json`` holds the key), so an interrupted run resumes and a
+changed setting redoes only what depends on it. ``summary.json``/``summary.md`` and
+``forecast_vs_rational.png`` are derived from the stage outputs at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fairtune.forecasting.panel import SPLITS, TRAIN_PANELS, PanelSpec, held_out_axes
+from fairtune.forecasting.prompts import RATIONAL_SYSTEM_PROMPT
+from fairtune.io import atomic_open, write_json
+
+STAGE_FILE = "stage.json"
+PLOT_FILE = "forecast_vs_rational.png"
+HEADLINE = "cg_coefficient"
+TARGET_SHARE = 0.8     # the issue's target: 80% of the way to zero, out of sample
+SEED_STRIDE = 7919     # panel seeds move by a prime per recipe seed, far from the built-in seeds
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    rank: int = Field(16, ge=1)
+    batch_tokens: int = Field(2048, ge=64)
+
+
+class ExtrapolationRecipe(BaseModel):
+    """Everything the recipe depends on; the stage keys hash these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "embedded"
+    train_panels: tuple[PanelSpec, ...] = TRAIN_PANELS
+    evaluations: dict[str, PanelSpec] = Field(
+        default_factory=lambda: {"in-sample": SPLITS["in-sample"], "out-of-sample": SPLITS["out-of-sample"]})
+    system_prompt: str = RATIONAL_SYSTEM_PROMPT
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    max_new_tokens: int = Field(24, ge=8)
+    seed: int = 0
+
+    def reseeded(self, seed: int) -> ExtrapolationRecipe:
+        """The same recipe on fresh series: every panel's seed moves with ``seed``."""
+        move = lambda p: p.model_copy(update={"seed": p.seed + seed * SEED_STRIDE})  # noqa: E731
+        return self.model_copy(update={"seed": seed, "train_panels": tuple(move(p) for p in self.train_panels),
+                                       "evaluations": {k: move(p) for k, p in self.evaluations.items()}})
+
+    def with_rhos(self, train: Sequence[float] | None = None, evaluation: Sequence[float] | None = None,
+                  split: str = "out-of-sample") -> ExtrapolationRecipe:
+        """Other rho levels for the training panels and/or one evaluation panel."""
+        def levels(panel: PanelSpec, rhos: Sequence[float]) -> PanelSpec:
+            return PanelSpec.model_validate({**panel.model_dump(), "rhos": tuple(rhos)})   # validated
+
+        update: dict[str, Any] = {}
+        if train:
+            update["train_panels"] = tuple(levels(p, train) for p in self.train_panels)
+        if evaluation:
+            update["evaluations"] = {**self.evaluations, split: levels(self.evaluations[split], evaluation)}
+        return self.model_copy(update=update)
+
+
+@dataclass
+class RecipeResult:
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def _key(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stage(out: Path, name: str, key: str, build: Callable[[Path], None], log: Callable[[str], None]) -> Path:
+    """Run ``build(tmp_dir)`` unless ``out/name`` was already built from ``key``; atomic by rename."""
+    target = out / name
+    marker = target / STAGE_FILE
+    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
+        log(f"{name}: cached")
+        return target
+    started = time.perf_counter()
+    log(f"{name}: running")
+    work = out / f".{name}.partial"
+    if work.exists():
+        shutil.rmtree(work)
+    build(work)
+    write_json(work / STAGE_FILE, {"key": key, "seconds": round(time.perf_counter() - started, 1)})
+    if target.exists():
+        shutil.rmtree(target)
+    work.rename(target)
+    log(f"{name}: done in {time.perf_counter() - started:.0f} s")
+    return target
+
+
+def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | Path,
+                      progress: bool = False, log: Callable[[str], None] = lambda _: None) -> RecipeResult:
+    """Run (or resume) the recipe into ``out``; returns the summary also written there."""
+    from fairtune.curation.api import forecasts
+    from fairtune.models import load_model
+    from fairtune.runner import run_audit
+    from fairtune.training.align import model_fingerprint
+    from fairtune.training.config import load_config
+    from fairtune.training.trainer import train
+
+    recipe = recipe or ExtrapolationRecipe()
+    base_key = _key("model", model_fingerprint(recipe.model))   # an unknown model fails before any write
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    panels = _write_panels(out, recipe)
+
+    base = None
+
+    def base_model():
+        nonlocal base
+        base = base or load_model(recipe.model)
+        return base
+
+    def audit_stage(name: str, model_key: str, model: Callable[[], Any], split: str,
+                    system: str | None = None) -> Path:
+        key = _key(model_key, recipe.evaluations[split].model_dump(mode="json"), system, recipe.max_new_tokens,
+                   recipe.seed)
+        return _stage(out, name, key, lambda d: run_audit(
+            "extrapolation", model=model(), data=panels[split], out=d, force=True, seed=recipe.seed,
+            max_new_tokens=recipe.max_new_tokens, progress=progress, system_prompt=system), log)
+
+    runs: dict[str, dict[str, Path]] = {"base": {}, "prompt": {}, "tuned": {}}
+    for split in recipe.evaluations:
+        runs["base"][split] = audit_stage(f"audit-base-{split}", base_key, base_model, split)
+        runs["prompt"][split] = audit_stage(f"audit-prompt-{split}", base_key, base_model, split,
+                                            recipe.system_prompt)
+
+    data_key = _key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.seed)
+    data_dir = _stage(out, "data", data_key, lambda d: forecasts(out=d, seed=recipe.seed, force=True,
+                                                                panels=recipe.train_panels), log)
+
+    train_key = _key(base_key, data_key, recipe.train.model_dump(), recipe.seed)
+
+    def build_train(d: Path) -> None:
+        t = recipe.train
+        config = load_config({
+            "model": recipe.model, "data": [str(data_dir / "train.jsonl")], "seed": recipe.seed, "out": str(d),
+            "method": {"name": "lora", "rank": t.rank, "alpha": 2 * t.rank, "dropout": 0.05},
+            "optim": {"lr": t.lr, "epochs": t.epochs, "batch_tokens": t.batch_tokens, "schedule": "linear",
+                      "warmup_steps": 5},
+        })
+        train(config, progress=progress)
+
+    train_dir = _stage(out, "train", train_key, build_train, log)
+    tuned_key = _key("tuned", train_key)
+    tuned = None
+
+    def tuned_model():
+        nonlocal tuned
+        tuned = tuned or load_model(str(train_dir / "merged"))
+        return tuned
+
+    for split in recipe.evaluations:
+        runs["tuned"][split] = audit_stage(f"audit-tuned-{split}", tuned_key, tuned_model, split)
+
+    summary = summarise(recipe, runs, train_dir)
+    write_json(out / "summary.json", summary)
+    with atomic_open(out / "summary.md") as handle:
+        handle.write(summary_markdown(summary))
+    plot_forecasts(runs, out / PLOT_FILE)
+    return RecipeResult(out, summary)
+
+
+def _write_panels(out: Path, recipe: ExtrapolationRecipe) -> dict[str, Path]:
+    folder = out / "panels"
+    folder.mkdir(exist_ok=True)
+    paths = {}
+    for split, spec in recipe.evaluations.items():
+        paths[split] = folder / f"{split}.json"
+        write_json(paths[split], spec.model_dump(mode="json"))
+    write_json(folder / "train.json", [p.model_dump(mode="json") for p in recipe.train_panels])
+    return paths
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())["metrics"]
+
+
+def summarise(recipe: ExtrapolationRecipe, runs: dict[str, dict[str, Path]], train_dir: Path) -> dict[str, Any]:
+    """Per split: each arm's pooled metrics, and how far the CG coefficient moved toward zero."""
+    splits = {}
+    for split, spec in recipe.evaluations.items():
+        arms = {arm: _metrics(runs[arm][split]) for arm in runs}
+        before = arms["base"]["overall"][HEADLINE]["value"]
+        moved = {arm: _share_moved(before, arms[arm]["overall"][HEADLINE]["value"]) for arm in ("prompt", "tuned")}
+        splits[split] = {"held_out": held_out_axes(recipe.train_panels, spec), "arms": arms,
+                         "share_moved_to_zero": moved}
+    oos = splits.get("out-of-sample", {}).get("share_moved_to_zero", {}).get("tuned")
+    manifest = json.loads((train_dir / "manifest.json").read_text())
+    return {"recipe": recipe.model_dump(mode="json"), "splits": splits,
+            "target": {"metric": HEADLINE, "split": "out-of-sample", "share": TARGET_SHARE,
+                       "achieved": oos, "met": oos is not None and oos >= TARGET_SHARE},
+            "training": {**{k: manifest.get(k) for k in ("wall_seconds", "steps", "trainable_share", "peak_rss_mib")},
+                         "final_loss": manifest.get("final", {}).get("loss")}}
+
+
+def _share_moved(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or before == 0:
+        return None
+    return 1.0 - abs(after) / abs(before)
+
+
+def _cell(estimate: dict[str, Any]) -> str:
+    if estimate["value"] is None:
+        return "n/a"
+    interval = (f" [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+                if estimate["ci_low"] is not None else "")
+    return f"{estimate['value']:.3f}{interval}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = ["# Extrapolation debiasing", ""]
+    target = summary["target"]
+    achieved = "n/a" if target["achieved"] is None else f"{target['achieved']:.0%}"
+    lines += [f"Target: the pooled {target['metric']} out of sample moves at least {target['share']:.0%} of the "
+              f"way to zero. Achieved: {achieved} ({'met' if target['met'] else 'not met'}).", ""]
+    metrics = ("cg_coefficient", "extrapolation_loading", "persistence_gap", "mse_vs_rational", "parse_failure_rate")
+    for split, data in summary["splits"].items():
+        held = ", ".join(k for k, v in data["held_out"].items() if v) or "nothing"
+        lines += [f"## {split} (held out: {held})", "", "| metric | base | prompt | tuned |", "|---|---|---|---|"]
+        for metric in metrics:
+            cells = [_cell(data["arms"][arm]["overall"][metric]) for arm in ("base", "prompt", "tuned")]
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        moved = data["share_moved_to_zero"]
+        lines += ["", "CG coefficient moved toward zero: " + ", ".join(
+            f"{arm} {'n/a' if v is None else f'{v:.0%}'}" for arm, v in moved.items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot_forecasts(runs: dict[str, dict[str, Path]], path: Path) -> None:
+    """Forecast vs rational forecast (both as distance from the mean in sigmas), one panel per
+    split and arm; the diagonal is rational."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairtune.io import read_jsonl
+
+    arms = list(runs)
+    splits = list(runs[arms[0]])
+    fig, axes = plt.subplots(len(splits), len(arms), figsize=(4 * len(arms), 3.6 * len(splits)), squeeze=False)
+    for row, split in enumerate(splits):
+        for col, arm in enumerate(arms):
+            ax = axes[row][col]
+            xs, ys = [], []
+            for record in read_jsonl(runs[arm][split] / "records.jsonl"):
+                forecasts = record["scores"]["forecasts"]
+                if forecasts is None:
+                    continue
+                inputs = record["inputs"]
+                xs.append((inputs["rational"][0] - inputs["mu"]) / inputs["sigma"])
+                ys.append((forecasts[0] - inputs["mu"]) / inputs["sigma"])
+            ax.scatter(xs, ys, s=6, alpha=0.5)
+            limit = max([3.0, *map(abs, xs)])
+            ax.plot([-limit, limit], [-limit, limit], color="black", linewidth=0.8)
+            ax.set_xlim(-limit, limit)
+            ax.set_ylim(-2 * limit, 2 * limit)
+            ax.set_title(f"{split}: {arm}")
+            ax.set_xlabel("rational forecast (sigmas from mean)")
+            if col == 0:
+                ax.set_ylabel("model forecast (sigmas from mean)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
