@@ -83,6 +83,13 @@ class Audit(ABC):
     headline_metrics: ClassVar[tuple[str, ...]]
     bundles: ClassVar[tuple[str, ...]] = ()       # named bundles besides "all", e.g. ("gender",)
     accepts_system_prompt: ClassVar[bool] = False  # honours AuditOptions.system_prompt
+    # Which way each metric should move, for ``fairtune compare``: "higher", "lower", or the ideal
+    # value itself (closer is better: 0.5 for a share of stereotyped pairs, 0 for a bias score).
+    # A metric left out has no agreed direction, and a change in it is reported as "unknown".
+    metric_goals: ClassVar[dict[str, str | float]] = {}
+    # Metrics that are the mean of a 0/1 ``outcome`` field over the records they cover, mapped to
+    # that field (refusal_rate -> "refused"): paired runs then test them with McNemar's test.
+    binary_outcomes: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

@@ -394,6 +394,9 @@ class BBQAudit(Audit):
                    "example_id, question_polarity, context_condition, category, answer_info, "
                    "additional_metadata.stereotyped_groups, context, question, ans0-ans2, label")
     headline_metrics = HEADLINE
+    metric_goals = {"accuracy_ambig": "higher", "accuracy_disambig": "higher",
+                    "bias_score_ambig": 0.0, "bias_score_disambig": 0.0}
+    binary_outcomes = {"accuracy_ambig": "correct", "accuracy_disambig": "correct"}
     bundles = ("gender",)
 
     def in_bundle(self, item: BBQItem, bundle: str) -> bool:

@@ -311,6 +311,8 @@ class CapabilityAudit(Audit):
     data_format = ("plain text with passages separated by blank lines, or JSONL (.jsonl) with a 'text' field "
                    "(optional 'id', 'topic')")
     headline_metrics = ("perplexity", "kl_to_reference")
+    metric_goals = {"perplexity": "lower", "mean_nll": "lower", "kl_to_reference": "lower",
+                    "pct_argmax_differs": "lower"}
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:
         # The drift prompts are always ours; they are loaded (and checked) even when no

@@ -520,6 +520,12 @@ class CoreferenceAudit(Audit):
     data_format = ("WinoBias {pro,anti}_stereotyped_type{1,2}.txt[.dev|.test] file, WinoGender all_sentences.tsv "
                    "(with occupations-stats.tsv beside it), or a directory holding them")
     headline_metrics = ("winobias_gap", "winogender_correlation")
+    # A correlation of the model's pronoun preference with labour statistics is the bias measured.
+    metric_goals = {"accuracy": "higher", "winobias_accuracy_pro": "higher", "winobias_accuracy_anti": "higher",
+                    "winobias_gap": 0.0, "winogender_accuracy": "higher", "winogender_correlation": 0.0,
+                    "winogender_margin_correlation": 0.0}
+    binary_outcomes = {"accuracy": "correct", "winobias_accuracy_pro": "correct", "winobias_accuracy_anti": "correct",
+                       "winogender_accuracy": "correct"}
     bundles = ("gender",)
 
     def in_bundle(self, item: Item, bundle: str) -> bool:

@@ -197,6 +197,11 @@ class CounterfactualAudit(Audit):
     data_format = ('JSONL lines {"set_id", "attribute", "value", "prompt"}, 2+ values per set; '
                    'or --responses: lines {"set_id", "attribute", "value", "response"}')
     headline_metrics = ("sentiment_gap_abs", "toxicity_gap_abs", "refusal_gap_abs")
+    # refusal_rate has no goal: whether refusing these prompts is right depends on the prompts.
+    metric_goals = {"sentiment_gap_abs": "lower", "toxicity_gap_abs": "lower", "refusal_gap_abs": "lower",
+                    "length_gap_abs": "lower", "sentiment_gap_pairwise": "lower", "sentiment_gap": 0.0,
+                    "toxicity_gap": 0.0, "refusal_gap": 0.0, "length_gap": 0.0}
+    binary_outcomes = {"refusal_gap_abs": "refusal_gap_abs"}
     bundles = ("gender",)
 
     def in_bundle(self, item: PromptSet, bundle: str) -> bool:

@@ -117,6 +117,9 @@ class ExtrapolationAudit(Audit):
     data_format = ("panel spec .json/.yaml (PanelSpec fields), split:NAME (in-sample, out-of-sample, "
                    "horizon-out-of-sample, returns), or CSV series_id, time, value")
     headline_metrics = ("cg_coefficient", "extrapolation_loading", "mse_vs_rational", "parse_failure_rate")
+    # implied_persistence (per rho) has no fixed goal: its rational value, rho**h, differs by group.
+    metric_goals = {"cg_coefficient": 0.0, "extrapolation_loading": 0.0, "persistence_gap": 0.0,
+                    "mse_vs_rational": "lower", "parse_failure_rate": "lower"}
     bundles = ("forecasting",)
     accepts_system_prompt = True
 

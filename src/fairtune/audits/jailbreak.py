@@ -243,6 +243,9 @@ class JailbreakAudit(Audit):
                    "suppression, fiction, few-shot, base64, leetspeak): attack success rate vs the plain request")
     data_format = "the refusal audit's harmful-prompt formats (every row is used, under every transform)"
     headline_metrics = ("attack_success_rate", "max_asr_increase")
+    metric_goals = {"attack_success_rate": "lower", "refusal_rate": "higher", "empty_rate": "lower",
+                    "degenerate_rate": "lower", "asr_increase": "lower", "max_asr_increase": "lower"}
+    binary_outcomes = {rate: rate for rate in RATES}
     bundles = ("safety",)
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:
@@ -266,6 +269,9 @@ class JailbreakAudit(Audit):
             raise InputError("no harmful requests to attack", file=path)
         return Dataset(expand(prompts, source=path if path is not None else harmful.source), harmful.source,
                        harmful.sha256, fmt, skipped)
+
+    def cluster(self, record: dict[str, Any]) -> str:
+        return record["inputs"]["prompt_id"]   # a request's transforms are paired: resample them together
 
     def metrics(self, records: list[dict[str, Any]], *, seed: int) -> MetricTable:
         return jailbreak_metrics(records, seed=seed)[0]

@@ -296,6 +296,10 @@ class OccupationsAudit(Audit):
     data_format = ("CSV with columns occupation, share_women (percent of women, 0-100; '-' = not published, "
                    "skipped); built-in: BLS CPS 2022 Table 11")
     headline_metrics = ("mean_abs_log_ratio", "share_male_leaning", "correlation_with_share_women")
+    # Half the occupations leaning each way, no lean and no tracking of workforce shares: unbiased.
+    metric_goals = {"mean_abs_log_ratio": "lower", "share_male_leaning": 0.5, "mean_log_ratio": 0.0,
+                    "correlation_with_share_women": 0.0, "spearman_with_share_women": 0.0}
+    binary_outcomes = {"share_male_leaning": "male_leaning"}
     bundles = ("gender",)
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

@@ -136,6 +136,11 @@ class OverRefusalAudit(Audit):
     data_format = ("XSTest CSV (id, prompt, type, label[, focus, note]; unsafe rows reported as group "
                    "'xstest-unsafe'); or JSONL {prompt, type[, id, label]}")
     headline_metrics = ("over_refusal_rate", "compliance_rate")
+    metric_goals = {"over_refusal_rate": "lower", "compliance_rate": "higher", "empty_rate": "lower",
+                    "degenerate_rate": "lower", "over_refusal_rate_keyword": "lower",
+                    "over_refusal_rate_prefix": "lower"}
+    binary_outcomes = {"over_refusal_rate": "refused", "compliance_rate": "complied", "empty_rate": "empty",
+                       "degenerate_rate": "degenerate"}
     bundles = ("safety",)
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

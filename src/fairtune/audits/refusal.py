@@ -347,6 +347,10 @@ class RefusalAudit(Audit):
     data_format = ("AdvBench harmful_behaviors.csv (goal, target); HarmBench behaviour CSV (Behavior, "
                    "FunctionalCategory, SemanticCategory[, ContextString]); or JSONL {prompt, category[, id]}")
     headline_metrics = ("refusal_rate", "attack_success_rate")
+    metric_goals = {"refusal_rate": "higher", "attack_success_rate": "lower", "empty_rate": "lower",
+                    "degenerate_rate": "lower", "refusal_rate_keyword": "higher", "refusal_rate_prefix": "higher"}
+    binary_outcomes = {"refusal_rate": "refused", "attack_success_rate": "complied", "empty_rate": "empty",
+                       "degenerate_rate": "degenerate"}
     bundles = ("safety",)
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

@@ -119,6 +119,12 @@ class SafetyBalanceAudit(Audit):
                    "mean (two-sided score)")
     data_format = "none (the built-in refusal and over-refusal suites); or an XSTest CSV (unsafe = harmful side)"
     headline_metrics = ("two_sided_score", "refusal_rate", "compliance_rate")
+    metric_goals = {"two_sided_score": "higher", "refusal_rate": "higher", "compliance_rate": "higher",
+                    "two_sided_score_keyword": "higher", "two_sided_score_prefix": "higher",
+                    "attack_success_rate": "lower", "over_refusal_rate": "lower", "empty_rate": "lower",
+                    "degenerate_rate": "lower"}
+    binary_outcomes = {"refusal_rate": "refused", "compliance_rate": "complied", "attack_success_rate": "complied",
+                       "over_refusal_rate": "refused", "empty_rate": "empty", "degenerate_rate": "degenerate"}
     bundles = ()
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

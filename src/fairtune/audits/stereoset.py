@@ -300,6 +300,8 @@ class StereoSetAudit(Audit):
                    "\"intersentence\": [...]}}, each example with id, target, bias_type, context and one "
                    "stereotype, anti-stereotype and unrelated sentence")
     headline_metrics = METRICS
+    metric_goals = {f"{metric}{split}": goal for metric, goal in (("ss", 50.0), ("lms", "higher"), ("icat", "higher"))
+                    for split in ("", "_intrasentence", "_intersentence")}
     bundles = ("gender",)
 
     def in_bundle(self, item: StereoSetExample, bundle: str) -> bool:

@@ -89,6 +89,9 @@ class StereotypePairsAudit(Audit):
     description = "minimal sentence pairs (CrowS-Pairs layout): how often the stereotyping one is likelier"
     data_format = "CrowS-Pairs CSV with columns sent_more, sent_less, stereo_antistereo, bias_type"
     headline_metrics = ("pct_stereotype", "pct_stereotype_mean_token")
+    # likelihood_diff has no goal: it also measures how much the two sentences' words differ.
+    metric_goals = {"pct_stereotype": 0.5, "pct_stereotype_mean_token": 0.5}
+    binary_outcomes = {"pct_stereotype": "stereotyped", "pct_stereotype_mean_token": "stereotyped_mean_token"}
     bundles = ("gender",)
 
     def in_bundle(self, item: StereotypePair, bundle: str) -> bool:

@@ -200,6 +200,9 @@ class ToxicityAudit(Audit):
     data_format = ('JSONL lines {"prompt"} (optional "id", "category"); or ToxiGen prompt .txt files '
                    '(one prompt per line, category = file stem), or a directory of them')
     headline_metrics = ("mean_toxicity", "share_toxic", "expected_max_toxicity")
+    metric_goals = {"mean_toxicity": "lower", "share_toxic": "lower", "expected_max_toxicity": "lower",
+                    "toxicity_probability": "lower"}
+    binary_outcomes = {"toxicity_probability": "any_toxic"}   # share_toxic is a fraction when --samples > 1
     bundles = ("safety",)
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fairtune.audits.base import MetricTable
-from fairtune.stats import Estimate, bootstrap_mean
+from fairtune.stats import Estimate, bootstrap_mean, intervals_wanted
 
 Record = dict[str, Any]
 OVERALL = "overall"
@@ -44,6 +44,9 @@ def ols_slope(y: Sequence[float], x: Sequence[float], clusters: Sequence[str]) -
     n = int(y_arr.size)
     if n < 3 or np.ptp(x_arr) < 1e-12:
         return Estimate(None, None, None, n)
+    if not intervals_wanted():   # resampled by a caller: the slope alone, by least squares
+        slope = float(np.polyfit(x_arr, y_arr, 1)[0])
+        return Estimate(slope, None, None, n)
     design = sm.add_constant(x_arr, has_constant="add")
     groups = np.unique(np.asarray(clusters), return_inverse=True)[1]
     if len(set(groups.tolist())) >= 2:

@@ -50,6 +50,11 @@ class Estimate:
         return asdict(self)
 
 
+def intervals_wanted() -> bool:
+    """False inside :func:`point_estimates`: other interval methods (regression errors) skip too."""
+    return not _POINT_ONLY.get()
+
+
 def bootstrap_mean(values: Sequence[float], *, seed: int, n_resamples: int = DEFAULT_RESAMPLES,
                    confidence: float = 0.95) -> Estimate:
     """Mean of ``values`` with a percentile bootstrap interval; same seed, same interval.
