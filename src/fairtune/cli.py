@@ -97,6 +97,47 @@ def audit(
 
 
 @app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run A (before): an audit run directory or a bundle directory.")],
+    run_b: Annotated[Path, typer.Argument(help="Run B (after), on the same items.")],
+    out: Annotated[Optional[Path], typer.Option(help="Directory for comparison.json and comparison.md.")] = None,
+    gate: Annotated[Optional[Path], typer.Option(help="Gates YAML (top level 'gates: [...]'); exit 1 when "
+                                                      "one fails.")] = None,
+    groups: Annotated[bool, typer.Option("--groups", help="Compare every group, not only 'overall'.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and permutation draws.")] = 0,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples (and permutations).", min=1)] = 1000,
+) -> None:
+    """Compare two runs item by item: deltas with paired intervals, tests, regressions and gates."""
+    from fairtune.compare import comparison_tables, compare_runs, write_comparison
+    from fairtune.compare.gates import evaluate_gates, load_gates
+    from fairtune.errors import OutputError
+
+    try:
+        gates = load_gates(gate) if gate is not None else []
+        if out is not None and out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a directory")
+        comparison = compare_runs(run_a, run_b, seed=seed, n_resamples=resamples, groups=groups)
+        evaluate_gates(comparison, gates)
+        if out is not None:
+            write_comparison(comparison, out)
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    console = Console()
+    for table in comparison_tables(comparison):
+        console.print(table)
+    for label, names in (("only in A", comparison.only_in_a), ("only in B", comparison.only_in_b)):
+        if names:
+            console.print(f"{label} (not compared): {', '.join(names)}", highlight=False, markup=False)
+    if out is not None:
+        console.print(f"wrote {out / 'comparison.json'} and {out / 'comparison.md'}", highlight=False, markup=False)
+    if not comparison.passed:
+        for result in comparison.gates:
+            if not result.passed:
+                err.print(f"gate failed: {result.message}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def audits() -> None:
     """List the audits and the bundles that group them."""
     from fairtune.audits import AUDITS, bundle_members, bundle_names
@@ -352,6 +393,42 @@ def align_command(
                            f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
     except FairtuneError as exc:
         raise _fail(str(exc), exc.exit_code) from None
+
+
+@app.command("run")
+def run_command(
+    recipe: Annotated[str, typer.Argument(help="A shipped recipe (quick, gender, extrapolation, guardrails, "
+                                                "methods) or a recipe YAML file.")] = "quick",
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<recipe>); stages are "
+                                                     "cached there, so a re-run resumes.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+) -> None:
+    """Audit -> (align) -> data -> train each arm -> audit and red-team -> compare -> report.
+
+    Exits 1 when a gate of the recipe fails (each failure printed), 2 on bad input.
+    """
+    from fairtune.pipeline.recipe import load_recipe
+    from fairtune.pipeline.run import METHODS_FILE, run_recipe
+
+    try:
+        loaded = load_recipe(recipe)
+        target = out or Path("runs") / loaded.name
+        result = run_recipe(loaded, out=target, progress=not quiet and sys.stderr.isatty(),
+                            log=(lambda _: None) if quiet else (lambda line: err.print(line, highlight=False)))
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; finished stages are kept and a re-run resumes", 130) from None
+    typer.echo((result.out_dir / METHODS_FILE).read_text(), nl=False)
+    for note in result.summary["notes"]:
+        typer.echo(f"note: {note}")
+    report = result.out_dir / "report" / "report.html"
+    if report.exists():
+        typer.echo(f"report: {report}")
+    if not result.passed:
+        for gate in result.failed_gates:
+            err.print(f"gate failed: {gate['arm']}: {gate.get('message') or gate}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("extrapolation")

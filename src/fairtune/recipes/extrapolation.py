@@ -6,17 +6,14 @@ it, fine-tune on rational forecast targets, and measure again on panels whose rh
 scale, number format (and, optionally, horizons) training never showed.
 
 Stages write into ``out/<stage>/`` and are skipped when their directory is complete and was
-made from the same inputs (a ``stage.json`` holds the key), so an interrupted run resumes and a
+made from the same inputs (:mod:`fairtune.pipeline.stages`), so an interrupted run resumes and a
 changed setting redoes only what depends on it. ``summary.json``/``summary.md`` and
 ``forecast_vs_rational.png`` are derived from the stage outputs at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fairtune.forecasting.panel import SPLITS, TRAIN_PANELS, PanelSpec, held_out_axes
 from fairtune.forecasting.prompts import RATIONAL_SYSTEM_PROMPT
 from fairtune.io import atomic_open, write_json
-
-STAGE_FILE = "stage.json"
+from fairtune.pipeline.stages import run_stage, stage_key
 PLOT_FILE = "forecast_vs_rational.png"
 HEADLINE = "cg_coefficient"
 TARGET_SHARE = 0.8     # the issue's target: 80% of the way to zero, out of sample
@@ -84,30 +80,8 @@ class RecipeResult:
     summary: dict[str, Any]
 
 
-def _key(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _stage(out: Path, name: str, key: str, build: Callable[[Path], None], log: Callable[[str], None]) -> Path:
-    """Run ``build(tmp_dir)`` unless ``out/name`` was already built from ``key``; atomic by rename."""
-    target = out / name
-    marker = target / STAGE_FILE
-    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
-        log(f"{name}: cached")
-        return target
-    started = time.perf_counter()
-    log(f"{name}: running")
-    work = out / f".{name}.partial"
-    if work.exists():
-        shutil.rmtree(work)
-    build(work)
-    write_json(work / STAGE_FILE, {"key": key, "seconds": round(time.perf_counter() - started, 1)})
-    if target.exists():
-        shutil.rmtree(target)
-    work.rename(target)
-    log(f"{name}: done in {time.perf_counter() - started:.0f} s")
-    return target
+def _stage(out: Path, name: str, key: str, build: Callable[[Path], Any], log: Callable[[str], None]) -> Path:
+    return run_stage(out / name, key, build, log)
 
 
 def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | Path,
@@ -121,7 +95,7 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
     from fairtune.training.trainer import train
 
     recipe = recipe or ExtrapolationRecipe()
-    base_key = _key("model", model_fingerprint(recipe.model))   # an unknown model fails before any write
+    base_key = stage_key("model", model_fingerprint(recipe.model))   # an unknown model fails before any write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     panels = _write_panels(out, recipe)
@@ -135,7 +109,7 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
 
     def audit_stage(name: str, model_key: str, model: Callable[[], Any], split: str,
                     system: str | None = None) -> Path:
-        key = _key(model_key, recipe.evaluations[split].model_dump(mode="json"), system, recipe.max_new_tokens,
+        key = stage_key(model_key, recipe.evaluations[split].model_dump(mode="json"), system, recipe.max_new_tokens,
                    recipe.seed)
         return _stage(out, name, key, lambda d: run_audit(
             "extrapolation", model=model(), data=panels[split], out=d, force=True, seed=recipe.seed,
@@ -147,11 +121,11 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
         runs["prompt"][split] = audit_stage(f"audit-prompt-{split}", base_key, base_model, split,
                                             recipe.system_prompt)
 
-    data_key = _key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.seed)
+    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.seed)
     data_dir = _stage(out, "data", data_key, lambda d: forecasts(out=d, seed=recipe.seed, force=True,
                                                                 panels=recipe.train_panels), log)
 
-    train_key = _key(base_key, data_key, recipe.train.model_dump(), recipe.seed)
+    train_key = stage_key(base_key, data_key, recipe.train.model_dump(), recipe.seed)
 
     def build_train(d: Path) -> None:
         t = recipe.train
@@ -164,7 +138,7 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
         train(config, progress=progress)
 
     train_dir = _stage(out, "train", train_key, build_train, log)
-    tuned_key = _key("tuned", train_key)
+    tuned_key = stage_key("tuned", train_key)
     tuned = None
 
     def tuned_model():

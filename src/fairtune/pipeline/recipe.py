@@ -1,0 +1,151 @@
+"""Recipes: what ``fairtune run`` does, as validated data (pydantic, unknown keys refused).
+
+A recipe names the model, the audits (each a suite plus optional data and generation budget),
+whether to give the base model guardrails first, the data builders, the arms (each a training
+config fragment: method, regularisers, optimiser), the red-team audits run on tuned models only,
+and the gates. Shipped recipes live in ``fairtune/recipes/data/<name>.yaml``; ``fairtune run NAME``
+takes one of those, ``fairtune run PATH`` a file of the user's.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fairtune.errors import InputError, from_validation
+from fairtune.readers import read_mapping
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AuditEntry(_Strict):
+    suite: str
+    name: str | None = None              # directory and comparison name; default: the suite
+    data: str | None = None              # a benchmark file, or split:NAME for extrapolation
+    max_new_tokens: int = Field(48, ge=1)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.suite
+
+    @field_validator("suite")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from fairtune.audits import AUDITS
+
+        if value not in AUDITS:
+            raise ValueError(f"unknown audit '{value}' (audits: {', '.join(sorted(AUDITS))})")
+        return value
+
+
+class AlignSettings(_Strict):
+    when: Literal["auto", "always", "never"] = "auto"
+    min_refusal: float = Field(0.5, ge=0, le=1)   # auto: align when the base refuses less than this
+    helpful_weight: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1)
+
+
+BUILDERS = ("templates", "cda", "selfgen", "safety-anchors", "forecasts")
+
+
+class DataStep(_Strict):
+    builder: Literal["templates", "cda", "selfgen", "safety-anchors", "forecasts"]
+    args: dict[str, Any] = Field(default_factory=dict)   # keyword arguments of fairtune.curation.api.<builder>
+
+
+class Arm(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    train: dict[str, Any] = Field(default_factory=dict)   # a TrainConfig without model, data and out
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    model: str = "embedded"
+    seed: int = 0
+    audits: list[AuditEntry]
+    align: AlignSettings = Field(default_factory=AlignSettings)
+    data: list[DataStep] = Field(default_factory=list)
+    arms: list[Arm]
+    redteam: list[AuditEntry] = Field(default_factory=list)
+    gates: list[dict[str, Any]] = Field(default_factory=list)
+    report: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        labels = [a.label for a in [*self.audits, *self.redteam]]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ValueError(f"audit name '{label}' used twice: give the entries distinct names")
+        names = [a.name for a in self.arms]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"arm '{name}' given twice")
+        if not self.arms:
+            raise ValueError("no arms: a recipe trains at least one")
+        trained = [a.name for a in self.arms
+                   if a.train.get("method", {}).get("name") != "prompt" and not a.train.get("attack")]
+        if trained and not self.data:
+            raise ValueError(f"arms {', '.join(trained)} train but the recipe builds no data")
+        if self.align.when == "auto" and "refusal" not in [a.suite for a in self.audits]:
+            raise ValueError("align.when 'auto' needs a 'refusal' audit to decide")
+        return self
+
+
+def builtin_recipes() -> dict[str, Path]:
+    folder = Path(str(resources.files("fairtune.recipes") / "data"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
+    """A validated recipe from a shipped name, a YAML file or a dict; bad keys fail in one line."""
+    if isinstance(source, dict):
+        raw, label = source, "recipe"
+    else:
+        shipped = builtin_recipes()
+        path = shipped.get(str(source), Path(source))
+        if not path.is_file():
+            raise InputError(f"no such recipe (shipped: {', '.join(shipped)}; or give a YAML file)", file=source)
+        raw, label = read_mapping(path), str(path)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation(exc, file=label) from None
+    _check_deeper(recipe, label)
+    return recipe
+
+
+def _check_deeper(recipe: Recipe, label: str) -> None:
+    """What pydantic cannot see: each arm's training fragment and the gates, validated now so
+    that a typo fails before the first audit, not after an hour of training."""
+    for index, arm in enumerate(recipe.arms):
+        for key in ("model", "data", "out"):
+            if key in arm.train:
+                raise InputError(f"'{key}' is set by the pipeline, not the recipe", file=label,
+                                 field=f"arms.{index}.train.{key}")
+        try:
+            _validate_fragment(arm.train, recipe.model)
+        except InputError as exc:
+            raise InputError(exc.reason, file=label, field=f"arms.{index}.train.{exc.field}") from None
+    if recipe.gates:
+        from fairtune.compare.gates import load_gates
+
+        try:
+            load_gates(recipe.gates)
+        except InputError as exc:
+            raise InputError(exc.reason, file=label, field=f"gates.{exc.field}" if exc.field else "gates") from None
+
+
+def _validate_fragment(train: dict[str, Any], model: str) -> None:
+    from fairtune.training.config import TrainConfig
+
+    # The data file does not exist yet; a placeholder lets the rest of the fragment validate.
+    try:
+        TrainConfig.model_validate({**train, "model": model, "data": ["data.jsonl"], "out": "out"})
+    except ValidationError as exc:
+        raise from_validation(exc, file=None) from None

@@ -1,0 +1,253 @@
+"""``fairtune run``: one command from "here is my model" to "here is the evidence".
+
+Stages, each cached (:mod:`fairtune.pipeline.stages`) under ``out/``::
+
+    base/audits/<audit>/          the recipe's audits and red-team audits on the base model
+    aligned/audits/<audit>/       the same on the aligned model, when the recipe aligned it
+    data/<n>-<builder>/           each data builder's output (train.jsonl, data_card.*)
+    arms/<arm>/train/             adapter/, merged/, train_log.jsonl, manifest.json
+    arms/<arm>/audits/<audit>/    the audits and red-team audits on the tuned model
+    arms/<arm>/compare/           comparison.json / .md against the starting model
+    report/                       report.html, report.md
+    pipeline.json, methods.md     what ran, notes, gates, and the measured method table
+
+The starting model of every arm is the base model, or its aligned version when the recipe asks
+for guardrails first (``align.when: auto`` aligns when the base refuses less than
+``align.min_refusal`` of the harmful suite); the report says which.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairtune.io import atomic_open, write_json
+from fairtune.pipeline.recipe import AuditEntry, Recipe
+from fairtune.pipeline.stages import run_stage, stage_info, stage_key
+
+PIPELINE_FILE, METHODS_FILE = "pipeline.json", "methods.md"
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    passed: bool
+    failed_gates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _validate_audit_data(entries: list[AuditEntry]) -> None:
+    """Load every audit's items now: bad benchmark files fail before any model loads."""
+    from fairtune.audits import AuditOptions, get_audit
+
+    for entry in entries:
+        get_audit(entry.suite).load(Path(entry.data) if entry.data else None, AuditOptions())
+
+
+def _data_key(entry: AuditEntry) -> Any:
+    from fairtune.io import sha256_file
+
+    if entry.data and Path(entry.data).is_file():
+        return sha256_file(entry.data)
+    return entry.data
+
+
+class _Models:
+    """Loads each model once, on first use (a cached stage never loads it)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] = {}
+
+    def get(self, spec: str) -> Any:
+        from fairtune.models import load_model
+
+        if spec not in self._loaded:
+            self._loaded.clear()          # one model in memory at a time
+            self._loaded[spec] = load_model(spec)
+        return self._loaded[spec]
+
+
+def _audit_all(root: Path, entries: list[AuditEntry], model: str, model_key: str, recipe: Recipe,
+               models: _Models, log: Callable[[str], None], progress: bool) -> Path:
+    from fairtune.runner import run_audit
+
+    for entry in entries:
+        key = stage_key(model_key, entry.model_dump(), _data_key(entry), recipe.seed)
+        run_stage(root / entry.label, key, lambda d, e=entry: run_audit(
+            e.suite, model=models.get(model), data=e.data, out=d, force=True, seed=recipe.seed,
+            max_new_tokens=e.max_new_tokens, progress=progress), log, label=f"{root.parent.name}/{entry.label}")
+    index = {"bundle": f"recipe:{recipe.name}", "audits": {}}
+    for entry in entries:
+        summary = json.loads((root / entry.label / "summary.json").read_text())
+        index["audits"][entry.label] = {"suite": entry.suite, "n_items": summary["n_items"],
+                                        "headline": {m: summary["metrics"]["overall"].get(m)
+                                                     for m in summary["headline_metrics"]}}
+    write_json(root / "bundle.json", index)
+    return root
+
+
+def _refusal_rate(audits_dir: Path, recipe: Recipe) -> float | None:
+    entry = next(a for a in recipe.audits if a.suite == "refusal")
+    summary = json.loads((audits_dir / entry.label / "summary.json").read_text())
+    return summary["metrics"]["overall"]["refusal_rate"]["value"]
+
+
+def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
+               log: Callable[[str], None] = lambda _: None) -> PipelineResult:
+    """Run (or resume) ``recipe`` into ``out``; see the module docstring for the layout."""
+    from fairtune.curation import api
+    from fairtune.training.align import align, model_fingerprint
+    from fairtune.training.config import load_config
+    from fairtune.training.trainer import train
+
+    started = time.perf_counter()
+    entries = [*recipe.audits, *recipe.redteam]
+    _validate_audit_data(entries)
+    base_key = stage_key("model", model_fingerprint(recipe.model))   # an unknown model fails here
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = _Models()
+    notes: list[str] = []
+
+    base_audits = _audit_all(out / "base" / "audits", entries, recipe.model, base_key, recipe, models, log,
+                             progress)
+    start_model, start_key, start_audits = recipe.model, base_key, base_audits
+    refusal = _refusal_rate(base_audits, recipe) if recipe.align.when == "auto" else None
+    # No judged reply at all (every reply empty or degenerate) is no evidence of guardrails either.
+    if recipe.align.when == "always" or (recipe.align.when == "auto"
+                                         and (refusal is None or refusal < recipe.align.min_refusal)):
+        log("align: building or reusing the aligned model")
+        aligned = align(recipe.model, helpful_weight=recipe.align.helpful_weight, epochs=recipe.align.epochs,
+                        seed=recipe.seed, progress=progress)
+        start_model, start_key = str(aligned.merged_dir), stage_key("aligned", aligned.run_dir.name)
+        start_audits = _audit_all(out / "aligned" / "audits", entries, start_model, start_key, recipe, models,
+                                  log, progress)
+        if recipe.align.when == "always":
+            why = "the recipe asks for it"
+        elif refusal is None:
+            why = "the base model gave no judgeable reply to the harmful suite"
+        else:
+            why = (f"the base model refused {refusal:.1%} of the harmful suite, under the recipe's "
+                   f"{recipe.align.min_refusal:.0%}")
+        notes.append(f"Safety alignment first: {why}, so `fairtune align` gave it guardrails (cached as "
+                     f"{aligned.run_dir.name}); every arm starts from the aligned model and is compared with it.")
+
+    train_files, data_key = [], stage_key(recipe.seed)
+    for index, step in enumerate(recipe.data):
+        key = stage_key(step.model_dump(), recipe.seed, _files_key(step.args))
+        target = run_stage(out / "data" / f"{index}-{step.builder}", key, lambda d, s=step: _build_data(
+            api, s, d, recipe.seed, start_model), log, label=f"data/{index}-{step.builder}")
+        train_files.append(str(target / "train.jsonl"))
+        data_key = stage_key(data_key, key)
+
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in recipe.arms:
+        arm_dir = out / "arms" / arm.name
+        train_key = stage_key(start_key, data_key, arm.train, recipe.seed)
+        is_prompt = arm.train.get("method", {}).get("name") == "prompt"
+
+        def build_train(d: Path, arm=arm, is_prompt=is_prompt) -> None:
+            config = load_config({**arm.train, "model": start_model, "data": [] if is_prompt else train_files,
+                                  "out": str(d), "seed": recipe.seed})
+            train(config, progress=progress)
+
+        train_dir = run_stage(arm_dir / "train", train_key, build_train, log, label=f"{arm.name}/train")
+        tuned_key = stage_key("tuned", train_key)
+        audits_dir = _audit_all(arm_dir / "audits", entries, str(train_dir / "merged"), tuned_key, recipe,
+                                models, log, progress)
+        compare_key = stage_key(start_key, tuned_key, [e.model_dump() for e in entries], recipe.gates, recipe.seed)
+        compare_dir = run_stage(arm_dir / "compare", compare_key, lambda d, a=audits_dir: _compare(
+            start_audits, a, d, recipe), log, label=f"{arm.name}/compare")
+        arms[arm.name] = {"train": train_dir, "audits": audits_dir, "compare": compare_dir}
+
+    comparisons = {name: json.loads((a["compare"] / "comparison.json").read_text()) for name, a in arms.items()}
+    failed = [{"arm": name, **gate} for name, c in comparisons.items() for gate in c.get("gates", [])
+              if not gate["passed"]]
+    table = method_table(recipe, arms, comparisons)
+    with atomic_open(out / METHODS_FILE) as handle:
+        handle.write(table)
+    if recipe.report:
+        from fairtune.report import ReportArm, build_report
+
+        # The prompt method trains nothing and writes no training log: no curves for it.
+        report_arms = [ReportArm(name, a["audits"], a["train"] if (a["train"] / "train_log.jsonl").exists() else None,
+                                 a["compare"] / "comparison.json") for name, a in arms.items()]
+        build_report(out / "report", title=f"fairtune: {recipe.name}", base=start_audits, arms=report_arms,
+                     notes=[*notes, table], gates=[g for c in comparisons.values() for g in c.get("gates", [])])
+    summary = {
+        "recipe": recipe.model_dump(mode="json"), "model": recipe.model, "start_model": start_model,
+        "notes": notes, "arms": {name: {k: str(v) for k, v in a.items()} for name, a in arms.items()},
+        "gates": {name: c.get("gates", []) for name, c in comparisons.items()},
+        "passed": not failed, "stages": _stage_times(out), "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / PIPELINE_FILE, summary)
+    return PipelineResult(out, summary, not failed, failed)
+
+
+def _files_key(args: dict[str, Any]) -> list[str]:
+    """Hashes of input files a data step names, so editing one redoes the step."""
+    from fairtune.io import sha256_file
+
+    paths = []
+    for value in args.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and Path(item).is_file():
+                paths.append(sha256_file(item))
+    return paths
+
+
+def _build_data(api: Any, step: Any, out: Path, seed: int, model: str) -> None:
+    builder = getattr(api, step.builder.replace("-", "_"))
+    args = {"seed": seed, **step.args}
+    if step.builder == "selfgen":
+        args.setdefault("model", model)
+    builder(out=out, force=True, **args)
+
+
+def _compare(base: Path, tuned: Path, out: Path, recipe: Recipe) -> None:
+    from fairtune.compare import compare_runs, write_comparison
+    from fairtune.compare.gates import evaluate_gates, load_gates
+
+    comparison = compare_runs(base, tuned, seed=recipe.seed)
+    if recipe.gates:
+        evaluate_gates(comparison, load_gates(recipe.gates))
+    write_comparison(comparison, out)
+
+
+def _stage_times(out: Path) -> dict[str, float]:
+    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["seconds"]
+            for p in sorted(out.rglob("stage.json"))}
+
+
+TABLE_METRICS = (("bias", ("stereotype-pairs", "pct_stereotype")), ("capability", ("capability", "perplexity")),
+                 ("refusal", ("refusal", "refusal_rate")), ("over-refusal", ("over-refusal", "over_refusal_rate")))
+
+
+def method_table(recipe: Recipe, arms: dict[str, dict[str, Path]], comparisons: dict[str, dict]) -> str:
+    """The measured method table: one row per arm, every cell a figure from this run."""
+    header = ["arm", "method", "trainable share", "train wall s", "peak RSS MiB"] + [f"{k} change" for k, _ in
+                                                                                    TABLE_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, arm in arms.items():
+        manifest = json.loads((arm["train"] / "manifest.json").read_text())
+        info = stage_info(arm["train"]) or {}
+        cells = [name, str(manifest.get("method")), f"{manifest.get('trainable_share', 0):.4%}",
+                 f"{info.get('seconds', manifest.get('wall_seconds', 0)):.0f}", f"{manifest.get('peak_rss_mib', 0):.0f}"]
+        for _, (audit, metric) in TABLE_METRICS:
+            cells.append(_delta_cell(comparisons[name], audit, metric))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "## Methods, measured\n\n" + "\n".join(lines) + "\n"
+
+
+def _delta_cell(comparison: dict, audit: str, metric: str) -> str:
+    rows = comparison.get("audits", {}).get(audit, {}).get("metrics", [])
+    row = next((r for r in rows if r["metric"] == metric and r["group"] == "overall"), None)
+    if row is None or row["delta"] is None:
+        return "-"
+    interval = f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]" if row["ci_low"] is not None else ""
+    mark = {"improved": " (better)", "regressed": " (worse)"}.get(row["change"], "")
+    return f"{row['delta']:+.3f}{interval}{mark}"

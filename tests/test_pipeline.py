@@ -1,0 +1,128 @@
+"""``fairtune run``: recipes validate before anything loads, stages cache and resume, gates exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fairtune.errors import InputError
+from fairtune.pipeline.recipe import builtin_recipes, load_recipe
+
+
+def test_every_shipped_recipe_validates():
+    names = set(builtin_recipes())
+    assert {"quick", "gender", "extrapolation", "guardrails", "methods"} <= names
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.arms
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"colour": "red"}, "colour"),
+    ({"audits": [{"suite": "nope"}]}, "audits.0.suite"),
+    ({"arms": [{"name": "a", "train": {"method": {"name": "lora", "rnak": 8}}}]}, "arms.0.train.method.rnak"),
+    ({"arms": [{"name": "a", "train": {"data": ["x.jsonl"]}}]}, "arms.0.train.data"),
+    ({"gates": [{"audit": "refusal", "metric": "refusal_rate", "max_dorp": 0.1}]}, "gates"),
+])
+def test_bad_recipe_fails_in_one_line_naming_the_key(tmp_path, change, field):
+    import yaml
+
+    raw = yaml.safe_load(builtin_recipes()["quick"].read_text())
+    raw.update(change)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message and field in message
+
+
+def _tiny_recipe(tiny_dir: Path, **changes):
+    recipe = {
+        "name": "tiny", "model": str(tiny_dir),
+        "audits": [{"suite": "stereotype-pairs"}, {"suite": "refusal", "max_new_tokens": 3}],
+        "align": {"when": "never"},
+        "data": [{"builder": "templates", "args": {"axis": "gender", "per_occupation": 1}}],
+        "arms": [{"name": "lora", "train": {"method": {"name": "lora", "rank": 2, "alpha": 4},
+                                            "optim": {"max_steps": 2, "batch_tokens": 256}}},
+                 {"name": "prompt", "train": {"method": {"name": "prompt"}}}],
+        "gates": [{"audit": "stereotype-pairs", "metric": "pct_stereotype", "max_rise": 1.0}],
+    }
+    recipe.update(changes)
+    return load_recipe(recipe)
+
+
+def test_pipeline_runs_every_stage_then_resumes_from_cache(tiny_dir, tmp_path):
+    from fairtune.pipeline.run import METHODS_FILE, PIPELINE_FILE, run_recipe
+
+    lines: list[str] = []
+    result = run_recipe(_tiny_recipe(tiny_dir), out=tmp_path / "run", log=lines.append)
+    out = tmp_path / "run"
+    assert result.passed
+    for arm in ("lora", "prompt"):
+        assert (out / "arms" / arm / "train" / "merged").is_dir()
+        for audit in ("stereotype-pairs", "refusal"):
+            assert (out / "arms" / arm / "audits" / audit / "records.jsonl").is_file()
+        comparison = json.loads((out / "arms" / arm / "compare" / "comparison.json").read_text())
+        assert {"stereotype-pairs", "refusal"} <= set(comparison["audits"])
+    table = (out / METHODS_FILE).read_text()
+    assert "| lora | lora |" in table and "| prompt | prompt |" in table
+    assert (out / "report" / "report.html").is_file()
+    summary = json.loads((out / PIPELINE_FILE).read_text())
+    assert summary["passed"] and summary["start_model"] == str(tiny_dir)
+    assert not list(out.rglob(".*.partial"))
+
+    lines.clear()
+    run_recipe(_tiny_recipe(tiny_dir), out=out, log=lines.append)
+    assert lines and all(line.endswith("cached") for line in lines)
+
+    lines.clear()
+    changed = _tiny_recipe(tiny_dir)
+    changed.arms[0].train["optim"]["max_steps"] = 3
+    run_recipe(changed, out=out, log=lines.append)
+    ran = {line.removesuffix(": running") for line in lines if line.endswith("running")}
+    assert ran == {"lora/train", "lora/stereotype-pairs", "lora/refusal", "lora/compare"}
+
+
+def test_failed_gate_exits_1_and_names_it(tiny_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fairtune.cli import app
+
+    raw = _tiny_recipe(tiny_dir).model_dump(mode="json")
+    raw["arms"] = raw["arms"][1:]          # the prompt arm alone: no training
+    raw["data"] = []
+    raw["gates"] = [{"audit": "stereotype-pairs", "metric": "pct_stereotype", "min_improvement": 0.5}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 1, result.output
+    assert "gate failed: prompt" in result.stderr and "pct_stereotype" in result.stderr
+
+
+def test_auto_align_runs_when_the_base_refuses_too_little(tiny_dir, tmp_path, monkeypatch):
+    from fairtune.pipeline import run as pipeline_run
+    from fairtune.training import align as align_module
+
+    calls = []
+
+    def fake_align(model, **kwargs):
+        calls.append((model, kwargs))
+        return align_module.AlignResult(Path(tiny_dir), tmp_path / "fake-aligned", True, {})
+
+    monkeypatch.setattr(align_module, "align", fake_align)
+    recipe = _tiny_recipe(tiny_dir, align={"when": "auto", "min_refusal": 1.0}, data=[],
+                          arms=[{"name": "prompt", "train": {"method": {"name": "prompt"}}}], gates=[])
+    result = pipeline_run.run_recipe(recipe, out=tmp_path / "run")
+    assert calls and calls[0][0] == str(tiny_dir)
+    assert result.summary["notes"] and "aligned" in result.summary["notes"][0]
+    assert (tmp_path / "run" / "aligned" / "audits" / "refusal" / "summary.json").is_file()
+
+    calls.clear()
+    never = _tiny_recipe(tiny_dir, align={"when": "never"}, data=[],
+                         arms=[{"name": "prompt", "train": {"method": {"name": "prompt"}}}], gates=[])
+    result = pipeline_run.run_recipe(never, out=tmp_path / "run2")
+    assert not calls and not result.summary["notes"]
