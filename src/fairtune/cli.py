@@ -395,6 +395,20 @@ def align_command(
         raise _fail(str(exc), exc.exit_code) from None
 
 
+def _stage_log(quiet: bool):
+    return (lambda _: None) if quiet else (lambda line: err.print(line, highlight=False))
+
+
+def _run_stages(start):
+    """Run a staged command; a user error is one line, Ctrl-C keeps the finished stages."""
+    try:
+        return start()
+    except FairtuneError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; finished stages are kept and a re-run resumes", 130) from None
+
+
 @app.command("run")
 def run_command(
     recipe: Annotated[str, typer.Argument(help="A shipped recipe (quick, gender, extrapolation, guardrails, "
@@ -410,15 +424,12 @@ def run_command(
     from fairtune.pipeline.recipe import load_recipe
     from fairtune.pipeline.run import METHODS_FILE, run_recipe
 
-    try:
+    def start():
         loaded = load_recipe(recipe)
-        target = out or Path("runs") / loaded.name
-        result = run_recipe(loaded, out=target, progress=not quiet and sys.stderr.isatty(),
-                            log=(lambda _: None) if quiet else (lambda line: err.print(line, highlight=False)))
-    except FairtuneError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; finished stages are kept and a re-run resumes", 130) from None
+        return run_recipe(loaded, out=out or Path("runs") / loaded.name, progress=not quiet and sys.stderr.isatty(),
+                          log=_stage_log(quiet))
+
+    result = _run_stages(start)
     typer.echo((result.out_dir / METHODS_FILE).read_text(), nl=False)
     for note in result.summary["notes"]:
         typer.echo(f"note: {note}")
@@ -451,7 +462,7 @@ def extrapolation_command(
     from fairtune.forecasting.panel import SPLITS
     from fairtune.recipes.extrapolation import ExtrapolationRecipe, TrainSettings, run_extrapolation
 
-    try:
+    def start():
         try:
             recipe = ExtrapolationRecipe(model=model, train=TrainSettings(epochs=epochs, lr=lr, rank=rank))
             if horizons:
@@ -459,12 +470,9 @@ def extrapolation_command(
             recipe = recipe.reseeded(seed).with_rhos(train_rho, eval_rho)
         except ValidationError as exc:
             raise from_validation(exc, file=None) from None
-        result = run_extrapolation(recipe, out=out, progress=not quiet and sys.stderr.isatty(),
-                                   log=(lambda _: None) if quiet else (lambda line: err.print(line, highlight=False)))
-    except FairtuneError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; finished stages are kept and a re-run resumes", 130) from None
+        return run_extrapolation(recipe, out=out, progress=not quiet and sys.stderr.isatty(), log=_stage_log(quiet))
+
+    result = _run_stages(start)
     typer.echo((result.out_dir / "summary.md").read_text(), nl=False)
 
 
