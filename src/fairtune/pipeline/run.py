@@ -102,7 +102,6 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
     from fairtune.curation import api
     from fairtune.training.align import align, model_fingerprint
     from fairtune.training.config import load_config
-    from fairtune.training.trainer import train
 
     started = time.perf_counter()
     entries = [*recipe.audits, *recipe.redteam]
@@ -151,9 +150,10 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
         is_prompt = arm.train.get("method", {}).get("name") == "prompt"
 
         def build_train(d: Path, arm=arm, is_prompt=is_prompt) -> None:
-            config = load_config({**arm.train, "model": start_model, "data": [] if is_prompt else train_files,
-                                  "out": str(d), "seed": recipe.seed})
-            train(config, progress=progress)
+            config = {**arm.train, "model": start_model, "data": [] if is_prompt else train_files, "out": str(d),
+                      "seed": recipe.seed}
+            load_config(config)                  # fails here, in one line, before a process starts
+            _train_in_child(config, progress)
 
         train_dir = run_stage(arm_dir / "train", train_key, build_train, log, label=f"{arm.name}/train")
         tuned_key = stage_key("tuned", train_key)
@@ -186,6 +186,23 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
     }
     write_json(out / PIPELINE_FILE, summary)
     return PipelineResult(out, summary, not failed, failed)
+
+
+def _train_one(config: dict[str, Any], progress: bool) -> None:
+    from fairtune.training.config import load_config
+    from fairtune.training.trainer import train
+
+    train(load_config(config), progress=progress)
+
+
+def _train_in_child(config: dict[str, Any], progress: bool) -> None:
+    """Train in a fresh process: the manifest's peak RSS is then the training's own (not the
+    audits' before it), and the memory goes back when it ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_train_one, config, progress).result()
 
 
 def _files_key(args: dict[str, Any]) -> list[str]:
