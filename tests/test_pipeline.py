@@ -69,7 +69,10 @@ def test_pipeline_runs_every_stage_then_resumes_from_cache(tiny_dir, tmp_path):
         assert {"stereotype-pairs", "refusal"} <= set(comparison["audits"])
     table = (out / METHODS_FILE).read_text()
     assert "| lora | lora |" in table and "| prompt | prompt |" in table
-    assert (out / "report" / "report.html").is_file()
+    html = (out / "report" / "report.html").read_text()
+    assert '<table id="methods">' in html and html.count("<td>lora</td><td>lora</td>") == 1
+    assert "All 2 gates passed." in html          # one gate, two arms: each shown once
+    assert "## Methods, measured" in (out / "report" / "report.md").read_text()
     summary = json.loads((out / PIPELINE_FILE).read_text())
     assert summary["passed"] and summary["start_model"] == str(tiny_dir)
     assert not list(out.rglob(".*.partial"))

@@ -30,6 +30,7 @@ from fairtune.pipeline.recipe import AuditEntry, Recipe
 from fairtune.pipeline.stages import run_stage, stage_info, stage_key
 
 PIPELINE_FILE, METHODS_FILE = "pipeline.json", "methods.md"
+METHODS_TITLE = "Methods, measured"
 
 
 @dataclass
@@ -167,17 +168,17 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
     comparisons = {name: json.loads((a["compare"] / "comparison.json").read_text()) for name, a in arms.items()}
     failed = [{"arm": name, **gate} for name, c in comparisons.items() for gate in c.get("gates", [])
               if not gate["passed"]]
-    table = method_table(recipe, arms, comparisons)
+    header, rows = method_table(recipe, arms, comparisons)
     with atomic_open(out / METHODS_FILE) as handle:
-        handle.write(table)
+        handle.write(table_markdown(METHODS_TITLE, header, rows))
     if recipe.report:
-        from fairtune.report import ReportArm, build_report
+        from fairtune.report import ReportArm, ReportTable, build_report
 
         # The prompt method trains nothing and writes no training log: no curves for it.
         report_arms = [ReportArm(name, a["audits"], a["train"] if (a["train"] / "train_log.jsonl").exists() else None,
                                  a["compare"] / "comparison.json") for name, a in arms.items()]
         build_report(out / "report", title=f"fairtune: {recipe.name}", base=start_audits, arms=report_arms,
-                     notes=[*notes, table], gates=[g for c in comparisons.values() for g in c.get("gates", [])])
+                     notes=notes, tables=[ReportTable("methods", METHODS_TITLE, header, rows)])
     summary = {
         "recipe": recipe.model_dump(mode="json"), "model": recipe.model, "start_model": start_model,
         "notes": notes, "arms": {name: {k: str(v) for k, v in a.items()} for name, a in arms.items()},
@@ -244,20 +245,26 @@ TABLE_METRICS = (("bias", ("stereotype-pairs", "pct_stereotype")), ("capability"
                  ("refusal", ("refusal", "refusal_rate")), ("over-refusal", ("over-refusal", "over_refusal_rate")))
 
 
-def method_table(recipe: Recipe, arms: dict[str, dict[str, Path]], comparisons: dict[str, dict]) -> str:
-    """The measured method table: one row per arm, every cell a figure from this run."""
-    header = ["arm", "method", "trainable share", "train wall s", "peak RSS MiB"] + [f"{k} change" for k, _ in
-                                                                                    TABLE_METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def method_table(recipe: Recipe, arms: dict[str, dict[str, Path]],
+                 comparisons: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The measured method table: one row per arm, every cell a figure from this run. Peak RSS is
+    the training process's own (each arm trains in a fresh process)."""
+    header = ["arm", "method", "trainable share", "train wall s", "peak RSS MiB"] + [
+        f"{kind} change ({audit} {metric})" for kind, (audit, metric) in TABLE_METRICS]
+    rows = []
     for name, arm in arms.items():
         manifest = json.loads((arm["train"] / "manifest.json").read_text())
         info = stage_info(arm["train"]) or {}
-        cells = [name, str(manifest.get("method")), f"{manifest.get('trainable_share', 0):.4%}",
-                 f"{info.get('seconds', manifest.get('wall_seconds', 0)):.0f}", f"{manifest.get('peak_rss_mib', 0):.0f}"]
-        for _, (audit, metric) in TABLE_METRICS:
-            cells.append(_delta_cell(comparisons[name], audit, metric))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "## Methods, measured\n\n" + "\n".join(lines) + "\n"
+        rows.append([name, str(manifest.get("method")), f"{manifest.get('trainable_share', 0):.4%}",
+                     f"{info.get('seconds', manifest.get('wall_seconds', 0)):.0f}",
+                     f"{manifest.get('peak_rss_mib', 0):.0f}",
+                     *(_delta_cell(comparisons[name], audit, metric) for _, (audit, metric) in TABLE_METRICS)])
+    return header, rows
+
+
+def table_markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
 def _delta_cell(comparison: dict, audit: str, metric: str) -> str:

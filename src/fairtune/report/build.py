@@ -88,9 +88,20 @@ class Model:
     manifest: dict[str, Any] | None = None
 
 
+@dataclass
+class ReportTable:
+    """A table the caller measured (e.g. the pipeline's method table), shown as given, escaped."""
+
+    id: str
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
 def build_report(out_dir: str | Path, *, title: str, base: str | Path, arms: Sequence[ReportArm],
                  notes: Sequence[str] = (), gates: Sequence[Mapping[str, Any]] | None = None,
-                 samples_per_audit: int = 3, seed: int = 0) -> tuple[Path, Path]:
+                 samples_per_audit: int = 3, seed: int = 0,
+                 tables: Sequence[ReportTable] = ()) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` (self-contained: inline CSS, plots as data URIs, no URL) and
     ``out_dir/report.md`` (the tables and notes, and a list of the figures); returns both paths.
 
@@ -101,6 +112,7 @@ def build_report(out_dir: str | Path, *, title: str, base: str | Path, arms: Seq
     """
     models = _load_models(Path(base), arms)
     context = _context(title, models, list(notes), list(gates or []), samples_per_audit, seed)
+    context["tables"] = list(tables)
     html = render_html(context)
     markdown = render_markdown(context)
     out_dir = Path(out_dir)
@@ -503,6 +515,10 @@ def render_markdown(context: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if context["n_regressed"]:
         lines += ["", f"**{context['n_regressed']} regression(s)** (marked ▼ REGRESSED)."]
+    for table in context.get("tables", []):
+        lines += ["", f"## {e(table.title)}", "", "| " + " | ".join(_md_text(h) for h in table.header) + " |",
+                  "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(_md_text(c) for c in row) + " |" for row in table.rows]
     lines += ["", "## Gates", ""]
     if context["gates"]:
         lines += ["| arm | audit | metric | rule | threshold | observed | result | message |",
