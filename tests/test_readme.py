@@ -15,7 +15,7 @@ def quickstart_commands() -> list[str]:
 def test_quickstart_has_two_commands_and_ci_runs_the_second_verbatim():
     commands = quickstart_commands()
     assert len(commands) == 2 and all("\n" not in c for c in commands)
-    install_and_audit, install_and_test = commands
-    assert "fairtune audit" in install_and_audit and "--model embedded" in install_and_audit
+    install_and_run, install_and_test = commands
+    assert "fairtune run quick" in install_and_run   # the main job: the quick recipe
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert install_and_test in ci_lines

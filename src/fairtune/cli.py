@@ -366,7 +366,7 @@ def align_command(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
     helpful_weight: Annotated[int, typer.Option(help="Times each helpful (benign) anchor is repeated; "
-                                                     "guards against over-refusal.", min=1)] = 3,
+                                                     "guards against over-refusal.", min=1)] = 2,
     general: Annotated[int, typer.Option(help="The model's own replies to neutral prompts mixed in "
                                               "(also against over-refusal).", min=0)] = 0,
     benign_kl: Annotated[float, typer.Option(help="Weight of KL to the base model on the helpful anchors "

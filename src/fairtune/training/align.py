@@ -61,7 +61,7 @@ def model_fingerprint(model: str) -> str:
 
 
 def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 2, lr: float = 1e-3,
-          rank: int = 16, helpful_weight: int = 3, general: int = 0, benign_kl: float = 0.0, seed: int = 0,
+          rank: int = 16, helpful_weight: int = 2, general: int = 0, benign_kl: float = 0.0, seed: int = 0,
           progress: bool = False) -> AlignResult:
     """The aligned (merged) model for ``model``, trained now or taken from the cache."""
     from fairtune.curation.safety import HELPFUL_KIND, builtin_anchor_path, load_anchors
