@@ -172,20 +172,30 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
     totals: dict[str, float] = {}
     tokens = 0
     for index, batch_indices in enumerate(micro):
-        rows = [examples[i] for i in batch_indices]
-        n_train = len(rows)
+        batch = collate([examples[i] for i in batch_indices], pad_id)
+        n_train = len(batch_indices)
+        # Anchor rows are a batch of their own: padded together with short training rows, a
+        # long anchor answer would widen every row (17 GB peak on templates + the 752 anchors).
+        anchor_batch = None
         if anchor_batches and any(r.needs_anchor_rows for r in penalties):
-            rows = rows + [anchors[i] for i in anchor_batches[(step * len(micro) + index) % len(anchor_batches)]]
-        batch = collate(rows, pad_id)
-        tokens += int(batch["attention_mask"][:n_train].sum())   # anchor rows are overhead, not progress
+            chosen = anchor_batches[(step * len(micro) + index) % len(anchor_batches)]
+            anchor_batch = collate([anchors[i] for i in chosen], pad_id)
+        tokens += int(batch["attention_mask"].sum())   # anchor rows are overhead, not progress
         need_base_train = task is not None and task.needs_base_train
-        need_base_anchor = n_train < len(rows)
-        base = _base_logprobs(unwrapped, method, batch, n_train, need_base_train, need_base_anchor) \
-            if need_base_train or need_base_anchor else (None, None)
+        base_train = _labelled(_base_logits(unwrapped, method, batch), batch["labels"], n_train, True, False)[0] \
+            if need_base_train else None
+        base_anchor = _labelled(_base_logits(unwrapped, method, anchor_batch), anchor_batch["labels"], 0, False,
+                                True)[2] if anchor_batch is not None else None
         sync = contextlib.nullcontext() if index == len(micro) - 1 else accelerator.no_sync(model)
         with sync:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            outputs = _step_outputs(logits, batch, n_train, base)
+            token, mask, _ = _labelled(logits, batch["labels"], n_train, True, False)
+            anchor = None
+            if anchor_batch is not None:
+                anchor_logits = model(input_ids=anchor_batch["input_ids"],
+                                      attention_mask=anchor_batch["attention_mask"]).logits
+                anchor = _labelled(anchor_logits, anchor_batch["labels"], 0, False, True)[2]
+            outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor)
             terms = {"sft": -outputs.train_token_logprobs.mean()}
             loss = terms["sft"] if task is None else task.penalty(model, outputs)
             if task is not None:
@@ -200,28 +210,17 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
     return totals, tokens
 
 
-def _base_logprobs(unwrapped, method, batch, n_train, need_train, need_anchor):
+def _base_logits(unwrapped, method, batch):
+    """The base model's logits (adapters off / starting weights swapped in), without gradients."""
     import torch
 
-    if not need_train and n_train:
-        # Only the anchor rows need the base model: skip the training rows and their padding.
-        width = int(batch["attention_mask"][n_train:].sum(1).max())
-        batch = {k: v[n_train:, :width] for k, v in batch.items()}
-        n_train = 0
     was_training = unwrapped.training
     unwrapped.eval()
     try:
         with torch.no_grad(), method.base_model(unwrapped):
-            logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     finally:
         unwrapped.train(was_training)
-    train_tokens, _, anchor_rows = _labelled(logits, batch["labels"], n_train, need_train, need_anchor)
-    return train_tokens, anchor_rows
-
-
-def _step_outputs(logits, batch, n_train, base) -> StepOutputs:
-    token, mask, anchor = _labelled(logits, batch["labels"], n_train, True, n_train < len(logits))
-    return StepOutputs(token, _response_positions(mask), base[0], anchor, base[1])
 
 
 def _labelled(logits, labels, n_train: int, want_train: bool, want_anchor: bool):
@@ -277,7 +276,7 @@ def _anchor_kl(unwrapped, method, examples: list[Example], pad_id: int) -> float
     import torch
 
     batch = collate(examples, pad_id)
-    _, base_rows = _base_logprobs(unwrapped, method, batch, 0, False, True)
+    base_rows = _labelled(_base_logits(unwrapped, method, batch), batch["labels"], 0, False, True)[2]
     was_training = unwrapped.training
     unwrapped.eval()
     try:
