@@ -92,6 +92,8 @@ def test_out_of_sample_panels_hold_out_what_the_issue_asks():
     assert held_out_axes(TRAIN_PANELS, SPLITS["out-of-sample"]) == {
         "rho": True, "scale": True, "format": True, "horizons": False}
     assert all(held_out_axes(TRAIN_PANELS, SPLITS["horizon-out-of-sample"]).values())
+    assert held_out_axes(TRAIN_PANELS, SPLITS["rho-out-of-sample"]) == {
+        "rho": True, "scale": False, "format": False, "horizons": False}
 
 
 @pytest.mark.parametrize("text, field", [
@@ -107,6 +109,16 @@ def test_bad_panel_spec_fails_in_one_line_naming_the_key(tmp_path, text, field):
     with pytest.raises(InputError) as info:
         load_panel_spec(path)
     assert info.value.field == field and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_audit_panel_needs_two_origins_but_training_panels_may_have_one(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"rhos": [0.5], "series_per_rho": 3, "origins": 1}))
+    with pytest.raises(InputError) as info:
+        load_panel(path)
+    assert info.value.field == "origins" and "at least 2" in str(info.value)
+    single = PanelSpec(rhos=(0.5,), series_per_rho=3, origins=1, seed=3)
+    assert len({q.series.id for q in panel_queries(single)}) == len(panel_queries(single)) == 3
 
 
 def test_unknown_split_is_named():

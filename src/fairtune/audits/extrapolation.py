@@ -44,6 +44,9 @@ USER_GROUP = "user"
 
 
 def _spec_dataset(spec: PanelSpec, source: str) -> Dataset:
+    if spec.origins < 2:
+        raise InputError(f"origins is {spec.origins}; the audit needs at least 2 consecutive forecast origins "
+                         "per series (the revision regression pairs them)", file=source, field="origins")
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
     return Dataset(panel_queries(spec), source, digest, SPEC_FORMAT,
                    settings={"spec": spec.model_dump(mode="json")})

@@ -36,6 +36,7 @@ class Scale:
 SCALES: dict[str, Scale] = {
     "tens": Scale(mu=(20.0, 80.0), sigma=(1.0, 4.0), decimals=1),
     "hundreds": Scale(mu=(200.0, 800.0), sigma=(10.0, 40.0), decimals=0),
+    "thousands": Scale(mu=(2000.0, 8000.0), sigma=(100.0, 400.0), decimals=0),
     "units": Scale(mu=(2.0, 8.0), sigma=(0.1, 0.4), decimals=2),
     "returns": Scale(mu=(-0.1, 0.3), sigma=(0.5, 2.0), decimals=2),   # percent
 }

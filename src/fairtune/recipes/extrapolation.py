@@ -48,7 +48,7 @@ class ExtrapolationRecipe(BaseModel):
     model: str = "embedded"
     train_panels: tuple[PanelSpec, ...] = TRAIN_PANELS
     evaluations: dict[str, PanelSpec] = Field(
-        default_factory=lambda: {"in-sample": SPLITS["in-sample"], "out-of-sample": SPLITS["out-of-sample"]})
+        default_factory=lambda: {split: SPLITS[split] for split in ("in-sample", "rho-out-of-sample", "out-of-sample")})
     system_prompt: str = RATIONAL_SYSTEM_PROMPT
     train: TrainSettings = Field(default_factory=TrainSettings)
     max_new_tokens: int = Field(24, ge=8)
