@@ -368,8 +368,11 @@ def test_recipe_reseeding_moves_every_panel():
     seeds = [p.seed for p in (*recipe.train_panels, *recipe.evaluations.values())]
     new = [p.seed for p in (*moved.train_panels, *moved.evaluations.values())]
     assert all(a != b for a, b in zip(seeds, new))
-    assert moved.evaluations["out-of-sample"].rhos == (0.15, 0.85)
+    assert moved.evaluations["out-of-sample"].rhos == moved.evaluations["rho-out-of-sample"].rhos == (0.15, 0.85)
     assert moved.evaluations["in-sample"].rhos == recipe.evaluations["in-sample"].rhos
+    only = recipe.with_rhos(evaluation=(0.25,), splits=["rho-out-of-sample"])
+    assert only.evaluations["rho-out-of-sample"].rhos == (0.25,)
+    assert only.evaluations["out-of-sample"].rhos == recipe.evaluations["out-of-sample"].rhos
 
 
 # --- command line ----------------------------------------------------------------------------------------

@@ -61,8 +61,9 @@ class ExtrapolationRecipe(BaseModel):
                                        "evaluations": {k: move(p) for k, p in self.evaluations.items()}})
 
     def with_rhos(self, train: Sequence[float] | None = None, evaluation: Sequence[float] | None = None,
-                  split: str = "out-of-sample") -> ExtrapolationRecipe:
-        """Other rho levels for the training panels and/or one evaluation panel."""
+                  splits: Sequence[str] | None = None) -> ExtrapolationRecipe:
+        """Other rho levels for the training panels and/or the evaluation panels (default: every
+        panel that holds out the rho levels, i.e. every split but in-sample)."""
         def levels(panel: PanelSpec, rhos: Sequence[float]) -> PanelSpec:
             return PanelSpec.model_validate({**panel.model_dump(), "rhos": tuple(rhos)})   # validated
 
@@ -70,7 +71,11 @@ class ExtrapolationRecipe(BaseModel):
         if train:
             update["train_panels"] = tuple(levels(p, train) for p in self.train_panels)
         if evaluation:
-            update["evaluations"] = {**self.evaluations, split: levels(self.evaluations[split], evaluation)}
+            chosen = set(splits) if splits is not None else {
+                name for name, panel in self.evaluations.items()
+                if held_out_axes(self.train_panels, panel)["rho"]}
+            update["evaluations"] = {name: levels(panel, evaluation) if name in chosen else panel
+                                     for name, panel in self.evaluations.items()}
         return self.model_copy(update=update)
 
 
