@@ -401,6 +401,18 @@ def test_cli_bad_spec_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_di
     assert not out.exists()
 
 
+def test_cli_audit_on_a_one_origin_panel_exits_2_naming_origins_and_writes_nothing(tmp_path, tiny_dir):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("rhos: [0.5]\norigins: 1\n")
+    out = tmp_path / "out"
+    result = _cli(["audit", "--suite", "extrapolation", "--data", str(spec), "--out", str(out),
+                   "--model", str(tiny_dir)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(spec) in lines[0] and "field 'origins'" in lines[0]
+    assert not out.exists()
+
+
 def test_cli_recipe_rejects_bad_rho_before_loading_anything(tmp_path):
     out = tmp_path / "r"
     result = _cli(["extrapolation", "--out", str(out), "--eval-rho", "1.5", "--model", "/no/such/model"])

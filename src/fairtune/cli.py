@@ -448,7 +448,8 @@ def extrapolation_command(
     model: Annotated[str, typer.Option(help="The model to debias.")] = "embedded",
     seed: Annotated[int, typer.Option(help="Recipe seed: every panel is simulated afresh per seed.")] = 0,
     train_rho: Annotated[Optional[list[float]], typer.Option(help="Training rho levels (repeatable).")] = None,
-    eval_rho: Annotated[Optional[list[float]], typer.Option(help="Held-out rho levels for both out-of-sample panels (repeatable).")] = None,
+    eval_rho: Annotated[Optional[list[float]], typer.Option(
+        help="Held-out rho levels for both out-of-sample panels (repeatable).")] = None,
     horizons: Annotated[bool, typer.Option(help="Also evaluate held-out horizons (t+2, t+3).")] = False,
     epochs: Annotated[int, typer.Option(help="Passes over the rational data.", min=1)] = 2,
     lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-3,
