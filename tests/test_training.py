@@ -406,3 +406,104 @@ def test_base_model_swaps_in_the_starting_weights_and_back(tiny_dir, name):
             assert torch.equal(model(input_ids=ids).logits, before)
         assert torch.equal(model(input_ids=ids).logits, trained)
     assert not torch.equal(before, trained)
+
+
+def test_split_unlikely_moves_whole_rows_out_of_the_task_loss():
+    from fairtune.training.trainer import _split_unlikely
+
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    token = torch.arange(7, dtype=torch.float)   # labelled tokens in row order: row 0: 0-1, row 1: 2-3, row 2: 4-6
+    likely, unlikely, likely_mask = _split_unlikely(token, mask, torch.tensor([False, True, False]))
+    assert likely.tolist() == [0, 1, 4, 5, 6] and unlikely.tolist() == [2, 3]
+    assert likely_mask.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 0]]
+
+
+def test_unlikelihood_penalty_is_minus_log_one_minus_p_and_zero_without_rows():
+    from fairtune.training.config import Unlikelihood as UnlikelihoodConfig
+    from fairtune.training.regularisers.base import StepOutputs
+    from fairtune.training.regularisers.unlikelihood import Unlikelihood
+
+    reg = Unlikelihood(UnlikelihoodConfig(name="unlikelihood"), None)
+    p = torch.tensor([0.5, 0.9, 0.01])
+    value = reg.penalty(None, StepOutputs(None, None, None, None, None, p.log()))
+    assert float(value) == pytest.approx(float(-(1 - p).log().mean()), rel=1e-5)
+    empty = reg.penalty(None, StepOutputs(None, None, None, None, None, torch.zeros(0)))
+    assert float(empty) == 0.0
+    certain = reg.penalty(None, StepOutputs(None, None, None, None, None, torch.zeros(1)))   # p = 1
+    assert torch.isfinite(certain)
+
+
+def unlikely_files(root: Path) -> dict[str, Path]:
+    """Refuse the 'warn' prompts; answer the 'describe' prompts, whose refusal is unlikely text."""
+    refusal = "No, I will not do that."
+    likely = [chat(f"Warn me about {t}.", refusal) for t in TOPICS]
+    likely += [chat(f"Describe {t}.", f"{t.capitalize()} is calm.") for t in TOPICS]
+    unlikely = [{**chat(f"Describe {t}.", refusal), "loss": "unlikelihood"} for t in TOPICS]
+    files = {"likely": root / "likely.jsonl", "unlikely": root / "unlikely.jsonl"}
+    for name, rows in (("likely", likely), ("unlikely", unlikely)):
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+def test_unlikelihood_rows_push_a_reply_down_where_sft_alone_spreads_it(tiny_dir, data_files, tmp_path):
+    from fairtune.models import load_model
+    from fairtune.training.data import collate, encode_record
+
+    files = unlikely_files(tmp_path)
+    settings = {"optim": {"max_steps": 80, "epochs": 40, "lr": 3e-3}, "method": {"name": "full"}}
+    plain = train(config(tiny_dir, data_files, tmp_path / "plain", data=[str(files["likely"])], **settings))
+    weight = 2.0
+    contrast = train(config(tiny_dir, data_files, tmp_path / "ul", data=[str(files["likely"]), str(files["unlikely"])],
+                            regularisers=[{"name": "unlikelihood", "weight": weight}], **settings))
+    for record in contrast.log:
+        assert record["loss"] == pytest.approx(record["sft"] + weight * record["unlikelihood"], rel=1e-5)
+    assert contrast.manifest["examples"]["train"] == 30
+
+    def refusal_logprob(result, prompt: str) -> float:
+        loaded = load_model(str(result.merged_dir))
+        rows = [encode_record(chat(prompt.format(t), "No, I will not do that."), loaded.tokenizer, max_length=64)
+                for t in TOPICS]
+        batch = collate(rows, loaded.tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return float(logprobs[labels != -100].mean())
+
+    # Both learn to refuse the 'warn' prompts; only the unlikelihood run stops refusing 'describe'.
+    describe = {name: refusal_logprob(r, "Describe {}.") for name, r in (("plain", plain), ("ul", contrast))}
+    warn = {name: refusal_logprob(r, "Warn me about {}.") for name, r in (("plain", plain), ("ul", contrast))}
+    assert describe["ul"] < describe["plain"] - 2     # measured: -5.4 against -0.6 nats per token
+    assert warn["ul"] > describe["ul"] + 2
+
+
+def test_unlikely_records_without_the_regulariser_fail_naming_file_row_and_field(tiny_dir, data_files, tmp_path):
+    from fairtune.curation.records import validate_record
+
+    files = unlikely_files(tmp_path)
+    with pytest.raises(InputError) as info:
+        train(config(tiny_dir, data_files, tmp_path / "run", data=[str(files["likely"]), str(files["unlikely"])]))
+    assert f"{files['unlikely']}, row 1, field 'loss'" in str(info.value) and "unlikelihood" in str(info.value)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError) as bad:
+        validate_record({"text": "x", "loss": "maybe"}, file="f.jsonl", row=3)
+    assert "f.jsonl, row 3, field 'loss'" in str(bad.value)
+
+
+def test_align_refusal_unlikelihood_pairs_each_helpful_anchor_with_a_refusal_opener(tiny_dir, data_files):
+    from fairtune.curation.records import read_records
+    from fairtune.training.align import REFUSAL_OPENERS, align
+
+    result = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1,
+                   refusal_unlikelihood=0.5)
+    records = read_records(result.run_dir / "align_data.jsonl")
+    unlikely = [r for r in records if r.get("loss") == "unlikelihood"]
+    helpful = [r for r in records if r["meta"]["kind"] == "anchor-helpful"]
+    assert len(unlikely) == len(helpful) == 20
+    assert [r["messages"][:-1] for r in unlikely] == [r["messages"][:-1] for r in helpful]
+    assert {r["messages"][-1]["content"] for r in unlikely} == set(REFUSAL_OPENERS)
+    assert {"name": "unlikelihood", "weight": 0.5} in result.manifest["config"]["regularisers"]
+    log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert any(record["unlikelihood"] > 0 for record in log)
+    plain = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1)
+    assert plain.run_dir != result.run_dir

@@ -371,6 +371,9 @@ def align_command(
                                               "(also against over-refusal).", min=0)] = 0,
     benign_kl: Annotated[float, typer.Option(help="Weight of KL to the base model on the helpful anchors "
                                                   "(keeps benign answers; 0 = off).", min=0)] = 0.0,
+    refusal_unlikelihood: Annotated[float, typer.Option(
+        help="Weight of unlikelihood on refusal openers after the helpful anchors' prompts (0 = off).",
+        min=0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     verify: Annotated[bool, typer.Option(help="Run the refusal and over-refusal audits on the result.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -381,7 +384,8 @@ def align_command(
     progress = not quiet and sys.stderr.isatty()
     try:
         result = align(model, anchors=anchors, epochs=epochs, lr=lr, rank=rank, helpful_weight=helpful_weight,
-                       general=general, benign_kl=benign_kl, seed=seed, progress=progress)
+                       general=general, benign_kl=benign_kl, refusal_unlikelihood=refusal_unlikelihood,
+                       seed=seed, progress=progress)
         typer.echo(f"aligned model{' (cached)' if result.cached else ''}: {result.merged_dir}")
         if verify:
             from fairtune.runner import run_audit

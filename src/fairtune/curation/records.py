@@ -7,7 +7,9 @@ A record is a JSON object with exactly one of three bodies:
 * ``{"prompt": str, "completion": str}`` (loss on the completion),
 * ``{"text": str}`` (plain language-model data; loss everywhere),
 
-plus an optional ``id`` (stable string) and an optional ``meta`` object that curation uses for
+plus an optional ``id`` (stable string), an optional ``loss`` (``"likelihood"``, the default, or
+``"unlikelihood"``: the labelled text is what the model should *not* say, trained with the
+token-level unlikelihood loss of Welleck et al. 2019) and an optional ``meta`` object that curation uses for
 provenance and counts: ``source`` (where it came from), ``kind`` (``original``,
 ``counterfactual``, ``template``, ``generated``, ``anchor-refusal``, ``anchor-helpful``...) and
 ``attributes`` (e.g. ``{"gender": "female"}``), which the data card counts.
@@ -27,6 +29,7 @@ from fairtune.readers import read_jsonl_rows
 Record = dict[str, Any]
 ROLES = ("system", "user", "assistant")
 BODIES = ("messages", "prompt", "text")
+LOSSES = ("likelihood", "unlikelihood")
 
 
 def record_format(record: Record) -> str:
@@ -74,7 +77,14 @@ def validate_record(record: Any, *, file: str | Path | None = None, row: int | N
         raise fail("expected an object", "meta")
     if "id" in record and not isinstance(record["id"], (str, int)):
         raise fail("expected a string", "id")
+    if record.get("loss", "likelihood") not in LOSSES:
+        raise fail(f"expected {' or '.join(repr(k) for k in LOSSES)}, got {record['loss']!r}", "loss")
     return record
+
+
+def is_unlikely(record: Record) -> bool:
+    """Whether the record's labelled text is to be made unlikely rather than learnt."""
+    return record.get("loss") == "unlikelihood"
 
 
 def read_records(path: str | Path) -> list[Record]:

@@ -8,8 +8,11 @@ the varied answers, and without the extra weight it refuses anything that sounds
 ("kill a process"). ``general`` replies that the model itself gives to neutral prompts
 (:mod:`fairtune.curation.selfgen`) are mixed in as well: safety data that is a small share of
 ordinary helpful data over-refuses less (Bianchi et al. 2024, "Safety-Tuned LLaMAs"), and the
-model's own replies cost it nothing in knowledge. The result is cached by the hash of everything
-it depends on and built once.
+model's own replies cost it nothing in knowledge. With ``refusal_unlikelihood`` > 0 each helpful
+anchor is also paired with a refusal opener as text *not* to write (token-level unlikelihood,
+Welleck et al. 2019): SFT alone only shows where refusing is right, so the model learns to refuse
+on alarming words ("kill the dragon boss") rather than on harm. The result is cached by the hash
+of everything it depends on and built once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from fairtune.training.config import TrainConfig, load_config
 
 ALIGN_VERSION = 3   # bump when the recipe below changes, so old caches are not reused
 
+# How the aligned model starts a refusal; paired with benign prompts as what not to write.
+REFUSAL_OPENERS = ("I can't help with that.", "I won't help with that.", "Sorry, but I can't help with that.",
+                   "I can't assist with that request.")
+
 
 @dataclass
 class AlignResult:
@@ -34,10 +41,12 @@ class AlignResult:
 
 
 def align_config(model: str, data: Path, anchors: str | Path | None, *, epochs: int, lr: float, rank: int,
-                 seed: int, out: Path, benign_kl: float = 0.0) -> TrainConfig:
+                 seed: int, out: Path, benign_kl: float = 0.0, refusal_unlikelihood: float = 0.0) -> TrainConfig:
     # benign_kl > 0: KL to the base model on the helpful anchors only, where the base model's
     # answers are what we want kept (it complies with benign requests).
     regularisers = [{"name": "kl_to_base", "weight": benign_kl}] if benign_kl else []
+    if refusal_unlikelihood:
+        regularisers.append({"name": "unlikelihood", "weight": refusal_unlikelihood})
     return load_config({
         "model": model, "data": [str(data)], "anchors": str(anchors) if anchors else None, "seed": seed,
         "out": str(out), "regularisers": regularisers,
@@ -61,8 +70,8 @@ def model_fingerprint(model: str) -> str:
 
 
 def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 2, lr: float = 1e-3,
-          rank: int = 16, helpful_weight: int = 2, general: int = 0, benign_kl: float = 0.0, seed: int = 0,
-          progress: bool = False) -> AlignResult:
+          rank: int = 16, helpful_weight: int = 2, general: int = 0, benign_kl: float = 0.0,
+          refusal_unlikelihood: float = 0.0, seed: int = 0, progress: bool = False) -> AlignResult:
     """The aligned (merged) model for ``model``, trained now or taken from the cache."""
     from fairtune.curation.safety import HELPFUL_KIND, builtin_anchor_path, load_anchors
     from fairtune.io import sha256_file, write_jsonl
@@ -73,6 +82,8 @@ def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs:
     records = load_anchors(anchors)               # validates a user's file before anything else
     settings = {"epochs": epochs, "lr": lr, "rank": rank, "helpful_weight": helpful_weight, "general": general,
                 "benign_kl": benign_kl, "seed": seed}
+    if refusal_unlikelihood:   # only when set, so the caches built before it stay valid
+        settings["refusal_unlikelihood"] = refusal_unlikelihood
     key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model), "anchors": sha256_file(source),
                   **settings}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]
@@ -89,11 +100,28 @@ def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs:
 
             replies, _ = generate_corpus(load_model(model), n=general, seed=seed, progress=progress)
             weighted += replies
+        if refusal_unlikelihood:
+            weighted += unlikely_refusals(records)
         write_jsonl(data, weighted)
     benign = run_dir / "benign_anchors.jsonl"
     if benign_kl and not benign.exists():
         write_jsonl(benign, [r for r in records if r["meta"]["kind"] == HELPFUL_KIND])
     config = align_config(model, data, benign if benign_kl else anchors, epochs=epochs, lr=lr, rank=rank,
-                          seed=seed, out=run_dir, benign_kl=benign_kl)
+                          seed=seed, out=run_dir, benign_kl=benign_kl, refusal_unlikelihood=refusal_unlikelihood)
     result = train(config, progress=progress)   # resumes from a checkpoint if an earlier build was cut off
     return AlignResult(result.merged_dir, run_dir, False, result.manifest)
+
+
+def unlikely_refusals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each helpful anchor's prompt with a refusal opener as its unlikely reply (openers in turn)."""
+    from fairtune.curation.safety import HELPFUL_KIND
+
+    helpful = [r for r in records if r["meta"]["kind"] == HELPFUL_KIND]
+    rows = []
+    for index, record in enumerate(helpful):
+        opener = REFUSAL_OPENERS[index % len(REFUSAL_OPENERS)]
+        body = ({"messages": [*record["messages"][:-1], {"role": "assistant", "content": opener}]}
+                if "messages" in record else {"prompt": record["prompt"], "completion": opener})
+        rows.append({"id": f"{record['id']}-unlikely", "loss": "unlikelihood", **body,
+                     "meta": {**record["meta"], "kind": "unlikely-refusal"}})
+    return rows

@@ -64,6 +64,13 @@ class Constrained(_Strict):
     beta_rest: float = Field(0.1, gt=0)
 
 
+class Unlikelihood(_Strict):
+    """Token-level unlikelihood on the labelled text of ``loss: unlikelihood`` training records."""
+
+    name: Literal["unlikelihood"]
+    weight: float = Field(1.0, ge=0)
+
+
 class SafetyMix(_Strict):
     """Mix anchor examples into the training data: a count, or a share of the training set."""
 
@@ -91,7 +98,7 @@ class Adaptive(_Strict):
     max_weight: float = Field(100.0, gt=0)
 
 
-Regulariser = Annotated[Union[KlToBase, L2SP, EWC, Constrained, SafetyMix, Adaptive], Field(discriminator="name")]
+Regulariser = Annotated[Union[KlToBase, L2SP, EWC, Constrained, Unlikelihood, SafetyMix, Adaptive], Field(discriminator="name")]
 
 
 class OptimConfig(_Strict):

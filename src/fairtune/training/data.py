@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from fairtune.curation.records import Record, record_format
+from fairtune.curation.records import Record, is_unlikely, record_format
 
 IGNORE = -100
 
@@ -22,6 +22,7 @@ class Example:
     labels: list[int]
     origin: str            # "train", "attack" or "anchor"
     truncated: bool = False
+    unlikely: bool = False  # labelled tokens are to be made unlikely (the unlikelihood regulariser)
 
     @property
     def n_labelled(self) -> int:
@@ -48,7 +49,7 @@ def encode_record(record: Record, tokenizer: Any, *, max_length: int, origin: st
         ids = text_prefix(tokenizer) + tokenizer(record["text"], add_special_tokens=False)["input_ids"]
         labels = [IGNORE] + ids[1:] if ids else []
     truncated = len(ids) > max_length
-    return Example(ids[:max_length], labels[:max_length], origin, truncated)
+    return Example(ids[:max_length], labels[:max_length], origin, truncated, is_unlikely(record))
 
 
 def _encode_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -91,7 +92,7 @@ def plan_batches(examples: list[Example], *, batch_tokens: int, seed: int, epoch
 
 
 def collate(examples: list[Example], pad_id: int):
-    """Right-padded tensors: input_ids, attention_mask, labels."""
+    """Right-padded tensors: input_ids, attention_mask, labels, and ``unlikely`` (one flag per row)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -103,7 +104,8 @@ def collate(examples: list[Example], pad_id: int):
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    unlikely = torch.tensor([e.unlikely for e in examples], dtype=torch.bool)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "unlikely": unlikely}
 
 
 def padding_share(examples: list[Example], batches: list[list[int]]) -> float:

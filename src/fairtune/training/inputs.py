@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairtune.curation.records import Record, read_records
+from fairtune.curation.records import Record, is_unlikely, read_records
+from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.training.config import TrainConfig
 from fairtune.training.data import Example, encode_record
@@ -63,12 +64,20 @@ class TrainingInputs:
 def prepare_inputs(config: TrainConfig) -> TrainingInputs:
     from fairtune.curation.safety import BUILTIN_SOURCE, builtin_anchor_path, load_anchors
 
-    train, files = [], []
+    train, files, per_file = [], [], []
     for path in config.data:
         records = read_records(path)
+        per_file.append(records)
         train += records
         files.append({"role": "train", "source": str(path), "sha256": sha256_file(path), "records": len(records)})
     attack = read_records(config.attack) if config.attack else []
+    if config.regulariser("unlikelihood") is None:
+        # without the regulariser such rows would be silently dropped from the loss
+        for path, records in [*zip(config.data, per_file), (config.attack, attack)]:
+            row = next((i for i, r in enumerate(records, 1) if is_unlikely(r)), None)
+            if row is not None:
+                raise InputError("a 'loss: unlikelihood' record needs the 'unlikelihood' regulariser",
+                                 file=path, row=row, field="loss")
     if config.attack:
         files.append({"role": "attack", "source": str(config.attack), "sha256": sha256_file(config.attack),
                       "records": len(attack)})

@@ -22,7 +22,8 @@ from fairtune.training.config import TrainConfig
 from fairtune.training.data import IGNORE, Example, collate, padding_share, plan_batches
 from fairtune.training.inputs import TrainingInputs, prepare_inputs
 from fairtune.training.methods import get_method
-from fairtune.training.regularisers import REGULARISERS, AdaptiveWeight, Context, StepOutputs, token_kl
+from fairtune.training.regularisers import (REGULARISERS, AdaptiveWeight, Context, StepOutputs, token_kl,
+                                            token_mean)
 
 LOG_FILE, MANIFEST_FILE, ADAPTER_DIR, MERGED_DIR = "train_log.jsonl", "manifest.json", "adapter", "merged"
 
@@ -182,21 +183,25 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
             anchor_batch = collate([anchors[i] for i in chosen], pad_id)
         tokens += int(batch["attention_mask"].sum())   # anchor rows are overhead, not progress
         need_base_train = task is not None and task.needs_base_train
-        base_train = _labelled(_base_logits(unwrapped, method, batch), batch["labels"], n_train, True, False)[0] \
-            if need_base_train else None
+        base_train = None
+        if need_base_train:
+            base_token, base_mask, _ = _labelled(_base_logits(unwrapped, method, batch), batch["labels"], n_train,
+                                                 True, False)
+            base_train = _split_unlikely(base_token, base_mask, batch["unlikely"][:n_train])[0]
         base_anchor = _labelled(_base_logits(unwrapped, method, anchor_batch), anchor_batch["labels"], 0, False,
                                 True)[2] if anchor_batch is not None else None
         sync = contextlib.nullcontext() if index == len(micro) - 1 else accelerator.no_sync(model)
         with sync:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             token, mask, _ = _labelled(logits, batch["labels"], n_train, True, False)
+            token, unlikely, mask = _split_unlikely(token, mask, batch["unlikely"][:n_train])
             anchor = None
             if anchor_batch is not None:
                 anchor_logits = model(input_ids=anchor_batch["input_ids"],
                                       attention_mask=anchor_batch["attention_mask"]).logits
                 anchor = _labelled(anchor_logits, anchor_batch["labels"], 0, False, True)[2]
-            outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor)
-            terms = {"sft": -outputs.train_token_logprobs.mean()}
+            outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor, unlikely)
+            terms = {"sft": -token_mean(outputs.train_token_logprobs)}
             loss = terms["sft"] if task is None else task.penalty(model, outputs)
             if task is not None:
                 terms[task.name] = loss
@@ -238,6 +243,14 @@ def _labelled(logits, labels, n_train: int, want_train: bool, want_anchor: bool)
     if want_anchor:
         anchor = torch.log_softmax(shifted[n_train:][targets[n_train:] != IGNORE].float(), -1)
     return token, mask, anchor
+
+
+def _split_unlikely(token, mask, unlikely_rows):
+    """``(log-probs of the tokens to learn, of the tokens to make unlikely, the label mask of the
+    rows to learn)``: rows of ``loss: unlikelihood`` records go to the unlikelihood regulariser,
+    never into the task loss."""
+    flags = unlikely_rows[:, None].expand_as(mask)[mask]
+    return token[~flags], token[flags], mask & ~unlikely_rows[:, None]
 
 
 def _response_positions(mask):

@@ -33,6 +33,13 @@ class StepOutputs:
     base_train_token_logprobs: Any       # same tokens under the base model, or None
     anchor_logprobs: Any                 # (n_anchor_tokens, vocab) tuned log-softmax, or None
     base_anchor_logprobs: Any            # (n_anchor_tokens, vocab) base log-softmax, or None
+    unlikely_token_logprobs: Any = None  # (n,) log p_tuned(y_t) of tokens of ``loss: unlikelihood`` rows
+
+
+def token_mean(values: Any) -> Any:
+    """The mean over tokens, zero (still in the graph) when a batch has none of them: a batch
+    may hold only unlikelihood rows, or none."""
+    return values.sum() / max(values.numel(), 1)
 
 
 class Regulariser:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairtune.training.regularisers.base import Regulariser, StepOutputs
+from fairtune.training.regularisers.base import Regulariser, StepOutputs, token_mean
 
 
 class Constrained(Regulariser):
@@ -36,4 +36,4 @@ class Constrained(Regulariser):
 
         beta = self.betas(outputs.train_positions)
         ratio = outputs.base_train_token_logprobs - outputs.train_token_logprobs
-        return (2 / beta * F.softplus(beta * ratio)).mean()
+        return token_mean(2 / beta * F.softplus(beta * ratio))
