@@ -413,9 +413,10 @@ def test_split_unlikely_moves_whole_rows_out_of_the_task_loss():
 
     mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
     token = torch.arange(7, dtype=torch.float)   # labelled tokens in row order: row 0: 0-1, row 1: 2-3, row 2: 4-6
-    likely, unlikely, likely_mask = _split_unlikely(token, mask, torch.tensor([False, True, False]))
+    likely, unlikely, likely_mask, unlikely_mask = _split_unlikely(token, mask, torch.tensor([False, True, False]))
     assert likely.tolist() == [0, 1, 4, 5, 6] and unlikely.tolist() == [2, 3]
     assert likely_mask.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 0]]
+    assert unlikely_mask.tolist() == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
 
 
 def test_unlikelihood_penalty_is_minus_log_one_minus_p_and_zero_without_rows():
@@ -431,6 +432,10 @@ def test_unlikelihood_penalty_is_minus_log_one_minus_p_and_zero_without_rows():
     assert float(empty) == 0.0
     certain = reg.penalty(None, StepOutputs(None, None, None, None, None, torch.zeros(1)))   # p = 1
     assert torch.isfinite(certain)
+    # first_tokens: only each reply's first token counts (positions 0), here p = 0.5 and 0.01.
+    first = Unlikelihood(UnlikelihoodConfig(name="unlikelihood", first_tokens=1), None)
+    value = first.penalty(None, StepOutputs(None, None, None, None, None, p.log(), torch.tensor([0, 1, 0])))
+    assert float(value) == pytest.approx(float(-(1 - p[[0, 2]]).log().mean()), rel=1e-5)
 
 
 def unlikely_files(root: Path) -> dict[str, Path]:
@@ -502,7 +507,7 @@ def test_align_refusal_unlikelihood_pairs_each_helpful_anchor_with_a_refusal_ope
     assert len(unlikely) == len(helpful) == 20
     assert [r["messages"][:-1] for r in unlikely] == [r["messages"][:-1] for r in helpful]
     assert {r["messages"][-1]["content"] for r in unlikely} == set(REFUSAL_OPENERS)
-    assert {"name": "unlikelihood", "weight": 0.5} in result.manifest["config"]["regularisers"]
+    assert {"name": "unlikelihood", "weight": 0.5, "first_tokens": 1} in result.manifest["config"]["regularisers"]
     log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert any(record["unlikelihood"] > 0 for record in log)
     plain = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1)

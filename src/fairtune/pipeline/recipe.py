@@ -48,6 +48,7 @@ class AlignSettings(_Strict):
     min_refusal: float = Field(0.5, ge=0, le=1)   # auto: align when the base refuses less than this
     helpful_weight: int = Field(2, ge=1)
     epochs: int = Field(2, ge=1)
+    refusal_unlikelihood: float = Field(0.0, ge=0)   # see fairtune.training.align
 
 
 BUILDERS = ("templates", "cda", "selfgen", "safety-anchors", "forecasts")

@@ -46,7 +46,8 @@ def align_config(model: str, data: Path, anchors: str | Path | None, *, epochs: 
     # answers are what we want kept (it complies with benign requests).
     regularisers = [{"name": "kl_to_base", "weight": benign_kl}] if benign_kl else []
     if refusal_unlikelihood:
-        regularisers.append({"name": "unlikelihood", "weight": refusal_unlikelihood})
+        # Only the first token ("I", "Sorry"): the words after it are shared with real refusals.
+        regularisers.append({"name": "unlikelihood", "weight": refusal_unlikelihood, "first_tokens": 1})
     return load_config({
         "model": model, "data": [str(data)], "anchors": str(anchors) if anchors else None, "seed": seed,
         "out": str(out), "regularisers": regularisers,
@@ -83,7 +84,7 @@ def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs:
     settings = {"epochs": epochs, "lr": lr, "rank": rank, "helpful_weight": helpful_weight, "general": general,
                 "benign_kl": benign_kl, "seed": seed}
     if refusal_unlikelihood:   # only when set, so the caches built before it stay valid
-        settings["refusal_unlikelihood"] = refusal_unlikelihood
+        settings.update(refusal_unlikelihood=refusal_unlikelihood, unlikely_first_tokens=1)
     key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model), "anchors": sha256_file(source),
                   **settings}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]

@@ -69,6 +69,7 @@ class Unlikelihood(_Strict):
 
     name: Literal["unlikelihood"]
     weight: float = Field(1.0, ge=0)
+    first_tokens: int | None = Field(None, ge=1)   # only the first N tokens of each unlikely reply
 
 
 class SafetyMix(_Strict):

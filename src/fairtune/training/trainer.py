@@ -194,13 +194,14 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
         with sync:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             token, mask, _ = _labelled(logits, batch["labels"], n_train, True, False)
-            token, unlikely, mask = _split_unlikely(token, mask, batch["unlikely"][:n_train])
+            token, unlikely, mask, unlikely_mask = _split_unlikely(token, mask, batch["unlikely"][:n_train])
             anchor = None
             if anchor_batch is not None:
                 anchor_logits = model(input_ids=anchor_batch["input_ids"],
                                       attention_mask=anchor_batch["attention_mask"]).logits
                 anchor = _labelled(anchor_logits, anchor_batch["labels"], 0, False, True)[2]
-            outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor, unlikely)
+            outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor, unlikely,
+                                  _response_positions(unlikely_mask))
             terms = {"sft": -token_mean(outputs.train_token_logprobs)}
             loss = terms["sft"] if task is None else task.penalty(model, outputs)
             if task is not None:
@@ -246,11 +247,11 @@ def _labelled(logits, labels, n_train: int, want_train: bool, want_anchor: bool)
 
 
 def _split_unlikely(token, mask, unlikely_rows):
-    """``(log-probs of the tokens to learn, of the tokens to make unlikely, the label mask of the
-    rows to learn)``: rows of ``loss: unlikelihood`` records go to the unlikelihood regulariser,
-    never into the task loss."""
+    """``(log-probs of the tokens to learn, of the tokens to make unlikely, the label masks of the
+    rows to learn and of the rows to make unlikely)``: rows of ``loss: unlikelihood`` records go to
+    the unlikelihood regulariser, never into the task loss."""
     flags = unlikely_rows[:, None].expand_as(mask)[mask]
-    return token[~flags], token[flags], mask & ~unlikely_rows[:, None]
+    return token[~flags], token[flags], mask & ~unlikely_rows[:, None], mask & unlikely_rows[:, None]
 
 
 def _response_positions(mask):

@@ -34,6 +34,7 @@ class StepOutputs:
     anchor_logprobs: Any                 # (n_anchor_tokens, vocab) tuned log-softmax, or None
     base_anchor_logprobs: Any            # (n_anchor_tokens, vocab) base log-softmax, or None
     unlikely_token_logprobs: Any = None  # (n,) log p_tuned(y_t) of tokens of ``loss: unlikelihood`` rows
+    unlikely_positions: Any = None       # (n,) their 0-based index in their response
 
 
 def token_mean(values: Any) -> Any:

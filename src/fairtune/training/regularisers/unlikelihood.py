@@ -5,6 +5,11 @@ SFT only says what to write; this says what not to. The alignment stage pairs th
 anchors with refusal openers ("I can't help with that.") as unlikely text, so the model learns
 where refusing is wrong, not only where it is right. The gradient fades as p -> 0: a token
 stops being pushed once the model no longer writes it.
+
+``first_tokens`` limits the term to the first tokens of each unlikely reply, where a reply's
+course is decided. On the whole opener it also taught the embedded model that "I can" is more
+likely than "I can't" after *any* prompt, and its refusal of harmful requests fell from 0.92 to
+0.67 (README).
 """
 
 from __future__ import annotations
@@ -21,5 +26,8 @@ class Unlikelihood(Regulariser):
         import torch
 
         # log(1 - p) = log(-expm1(log p)); the clamp keeps p = 1 finite
-        logprobs = outputs.unlikely_token_logprobs.clamp(max=-1e-6)
+        logprobs = outputs.unlikely_token_logprobs
+        if self.config.first_tokens is not None:
+            logprobs = logprobs[outputs.unlikely_positions < self.config.first_tokens]
+        logprobs = logprobs.clamp(max=-1e-6)
         return token_mean(-torch.log(-torch.expm1(logprobs)))
