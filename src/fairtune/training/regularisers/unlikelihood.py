@@ -7,9 +7,9 @@ where refusing is wrong, not only where it is right. The gradient fades as p -> 
 stops being pushed once the model no longer writes it.
 
 ``first_tokens`` limits the term to the first tokens of each unlikely reply, where a reply's
-course is decided. On the whole opener it also taught the embedded model that "I can" is more
-likely than "I can't" after *any* prompt, and its refusal of harmful requests fell from 0.92 to
-0.67 (README).
+course is decided. On the whole refusal opener it also taught the embedded model "I can help"
+after harmful requests; on the first token alone it does not, but the weight still trades
+refusal for over-refusal (README).
 """
 
 from __future__ import annotations
