@@ -489,10 +489,25 @@ def test_unlikely_records_without_the_regulariser_fail_naming_file_row_and_field
     with pytest.raises(InputError) as info:
         train(config(tiny_dir, data_files, tmp_path / "run", data=[str(files["likely"]), str(files["unlikely"])]))
     assert f"{files['unlikely']}, row 1, field 'loss'" in str(info.value) and "unlikelihood" in str(info.value)
-    assert not (tmp_path / "run").exists()
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
     with pytest.raises(InputError) as bad:
         validate_record({"text": "x", "loss": "maybe"}, file="f.jsonl", row=3)
     assert "f.jsonl, row 3, field 'loss'" in str(bad.value)
+
+
+def test_cli_train_with_an_unlikely_record_and_no_regulariser_exits_2_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from fairtune.cli import app
+
+    files = unlikely_files(tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"model: /nonexistent\ndata: [{files['unlikely']}]\nout: {tmp_path / 'run'}\n")
+    result = CliRunner().invoke(app, ["train", str(path)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output
+    assert f"{files['unlikely']}, row 1, field 'loss'" in " ".join(lines[0].split())
+    assert not (tmp_path / "run").exists()
 
 
 def test_align_refusal_unlikelihood_pairs_each_helpful_anchor_with_a_refusal_opener(tiny_dir, data_files):

@@ -9,8 +9,8 @@ A record is a JSON object with exactly one of three bodies:
 
 plus an optional ``id`` (stable string), an optional ``loss`` (``"likelihood"``, the default, or
 ``"unlikelihood"``: the labelled text is what the model should *not* say, trained with the
-token-level unlikelihood loss of Welleck et al. 2019) and an optional ``meta`` object that curation uses for
-provenance and counts: ``source`` (where it came from), ``kind`` (``original``,
+token-level unlikelihood loss of Welleck et al. 2019) and an optional ``meta`` object that
+curation uses for provenance and counts: ``source`` (where it came from), ``kind`` (``original``,
 ``counterfactual``, ``template``, ``generated``, ``anchor-refusal``, ``anchor-helpful``...) and
 ``attributes`` (e.g. ``{"gender": "female"}``), which the data card counts.
 """

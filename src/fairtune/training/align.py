@@ -27,6 +27,10 @@ from fairtune.training.config import TrainConfig, load_config
 
 ALIGN_VERSION = 3   # bump when the recipe below changes, so old caches are not reused
 
+# Unlikelihood on the first token only ("I", "Sorry"): the words after it are shared with real
+# refusals, and on the whole opener the embedded model learnt "I can help" after harmful requests.
+UNLIKELY_FIRST_TOKENS = 1
+
 # How the aligned model starts a refusal; paired with benign prompts as what not to write.
 REFUSAL_OPENERS = ("I can't help with that.", "I won't help with that.", "Sorry, but I can't help with that.",
                    "I can't assist with that request.")
@@ -46,8 +50,8 @@ def align_config(model: str, data: Path, anchors: str | Path | None, *, epochs: 
     # answers are what we want kept (it complies with benign requests).
     regularisers = [{"name": "kl_to_base", "weight": benign_kl}] if benign_kl else []
     if refusal_unlikelihood:
-        # Only the first token ("I", "Sorry"): the words after it are shared with real refusals.
-        regularisers.append({"name": "unlikelihood", "weight": refusal_unlikelihood, "first_tokens": 1})
+        regularisers.append({"name": "unlikelihood", "weight": refusal_unlikelihood,
+                             "first_tokens": UNLIKELY_FIRST_TOKENS})
     return load_config({
         "model": model, "data": [str(data)], "anchors": str(anchors) if anchors else None, "seed": seed,
         "out": str(out), "regularisers": regularisers,
@@ -84,7 +88,7 @@ def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs:
     settings = {"epochs": epochs, "lr": lr, "rank": rank, "helpful_weight": helpful_weight, "general": general,
                 "benign_kl": benign_kl, "seed": seed}
     if refusal_unlikelihood:   # only when set, so the caches built before it stay valid
-        settings.update(refusal_unlikelihood=refusal_unlikelihood, unlikely_first_tokens=1)
+        settings.update(refusal_unlikelihood=refusal_unlikelihood, unlikely_first_tokens=UNLIKELY_FIRST_TOKENS)
     key_source = {"version": ALIGN_VERSION, "model": model_fingerprint(model), "anchors": sha256_file(source),
                   **settings}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:20]

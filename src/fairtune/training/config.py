@@ -99,7 +99,8 @@ class Adaptive(_Strict):
     max_weight: float = Field(100.0, gt=0)
 
 
-Regulariser = Annotated[Union[KlToBase, L2SP, EWC, Constrained, Unlikelihood, SafetyMix, Adaptive], Field(discriminator="name")]
+Regulariser = Annotated[Union[KlToBase, L2SP, EWC, Constrained, Unlikelihood, SafetyMix, Adaptive],
+                        Field(discriminator="name")]
 
 
 class OptimConfig(_Strict):

@@ -64,20 +64,12 @@ class TrainingInputs:
 def prepare_inputs(config: TrainConfig) -> TrainingInputs:
     from fairtune.curation.safety import BUILTIN_SOURCE, builtin_anchor_path, load_anchors
 
-    train, files, per_file = [], [], []
+    train, files = [], []
     for path in config.data:
-        records = read_records(path)
-        per_file.append(records)
+        records = _check_unlikely(read_records(path), path, config)
         train += records
         files.append({"role": "train", "source": str(path), "sha256": sha256_file(path), "records": len(records)})
-    attack = read_records(config.attack) if config.attack else []
-    if config.regulariser("unlikelihood") is None:
-        # without the regulariser such rows would be silently dropped from the loss
-        for path, records in [*zip(config.data, per_file), (config.attack, attack)]:
-            row = next((i for i, r in enumerate(records, 1) if is_unlikely(r)), None)
-            if row is not None:
-                raise InputError("a 'loss: unlikelihood' record needs the 'unlikelihood' regulariser",
-                                 file=path, row=row, field="loss")
+    attack = _check_unlikely(read_records(config.attack), config.attack, config) if config.attack else []
     if config.attack:
         files.append({"role": "attack", "source": str(config.attack), "sha256": sha256_file(config.attack),
                       "records": len(attack)})
@@ -85,3 +77,14 @@ def prepare_inputs(config: TrainConfig) -> TrainingInputs:
     anchors = load_anchors(config.anchors)
     return TrainingInputs(train, attack, anchors, str(config.anchors) if config.anchors else BUILTIN_SOURCE,
                           sha256_file(anchor_path), files)
+
+
+def _check_unlikely(records: list[Record], path: Path, config: TrainConfig) -> list[Record]:
+    """``records``, unless one is marked ``loss: unlikelihood`` and no regulariser would train it
+    (it would leave the task loss and go nowhere)."""
+    if config.regulariser("unlikelihood") is None:
+        row = next((i for i, r in enumerate(records, 1) if is_unlikely(r)), None)
+        if row is not None:
+            raise InputError("a 'loss: unlikelihood' record needs the 'unlikelihood' regulariser",
+                             file=path, row=row, field="loss")
+    return records

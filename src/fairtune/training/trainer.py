@@ -201,7 +201,7 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
                                       attention_mask=anchor_batch["attention_mask"]).logits
                 anchor = _labelled(anchor_logits, anchor_batch["labels"], 0, False, True)[2]
             outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor, unlikely,
-                                  _response_positions(unlikely_mask))
+                                  _response_positions(unlikely_mask) if unlikely.numel() else unlikely.long())
             terms = {"sft": -token_mean(outputs.train_token_logprobs)}
             loss = terms["sft"] if task is None else task.penalty(model, outputs)
             if task is not None:
