@@ -527,3 +527,23 @@ def test_align_refusal_unlikelihood_pairs_each_helpful_anchor_with_a_refusal_ope
     assert any(record["unlikelihood"] > 0 for record in log)
     plain = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1)
     assert plain.run_dir != result.run_dir
+
+
+def test_collate_puts_every_tensor_on_the_given_device():
+    # "meta" stands in for a GPU here: a batch left on the CPU would fail a GPU model's forward pass.
+    from fairtune.training.data import Example, collate
+
+    examples = [Example([1, 2, 3], [-100, 2, 3], "train"), Example([4, 5], [-100, 5], "train")]
+    batch = collate(examples, pad_id=0, device="meta")
+    assert {t.device.type for t in batch.values()} == {"meta"}
+    assert collate(examples, pad_id=0)["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+
+
+def test_rng_states_restore_the_next_dropout_draws():
+    from fairtune.training.checkpoint import restore_rng, rng_states
+
+    saved = rng_states()
+    first = torch.rand(4)
+    restore_rng(saved)
+    assert torch.equal(torch.rand(4), first)
+    assert ("cuda" in saved) == torch.cuda.is_available()

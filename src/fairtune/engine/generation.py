@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fairtune.engine.device import model_device
 from fairtune.engine.progress import progress_bar
 
 Message = dict[str, str]
@@ -65,7 +66,7 @@ class GenerationEngine:
             task = bar.add_task("generating", total=len(texts))
             for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
                 batch = order[start: start + self.batch_size]
-                ids, mask = self._left_pad([encoded[i] for i in batch])
+                ids, mask = (t.to(model_device(self.model)) for t in self._left_pad([encoded[i] for i in batch]))
                 torch.manual_seed(seed + batch_no)
                 with torch.inference_mode():
                     out = self.model.generate(

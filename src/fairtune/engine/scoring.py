@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fairtune.engine.device import model_device
 from fairtune.engine.progress import progress_bar
 from fairtune.errors import FairtuneError
 
@@ -277,7 +278,8 @@ class ScoringEngine:
         rows = torch.cat([torch.full((item.n_scored,), r) for r, item in enumerate(batch)])
         cols = torch.cat([torch.arange(len(item.input_ids) - item.n_scored, len(item.input_ids))
                           for item in batch])
-        return ids, mask, rows, cols
+        device = model_device(self.model)   # inputs go where the model is
+        return ids.to(device), mask.to(device), rows.to(device), cols.to(device)
 
     def _forward(self, batch: list[_Item]) -> list[list[float]]:
         import torch

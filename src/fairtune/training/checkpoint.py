@@ -26,7 +26,7 @@ class TrainState:
     epoch: int = 0
     batch: int = 0       # micro-batches done in this epoch (on this process)
     tokens: int = 0
-    rng: Any = None      # torch RNG state at the start of the current step
+    rng: Any = None      # RNG states (rng_states()) at the start of the current step
 
 
 class Checkpointer:
@@ -46,8 +46,8 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         # After Ctrl-C mid-step, the state at that step's start is what a resumed run needs.
-        rng = state.rng if interrupted and state.rng is not None else torch.get_rng_state()
-        save_file({"torch": rng}, str(tmp / f"rng-{acc.process_index}.safetensors"))
+        rng = state.rng if interrupted and state.rng is not None else rng_states()
+        save_file(rng, str(tmp / f"rng-{acc.process_index}.safetensors"))
         acc.wait_for_everyone()
         if acc.is_main_process:
             weights = {n: p.detach().contiguous() for n, p in method.trainable(model).items()}
@@ -93,9 +93,28 @@ class Checkpointer:
         scheduler.load_state_dict(states["scheduler"])
         for controller, saved in zip(adaptive, meta["adaptive"]):
             controller.load_state(saved)
-        torch.set_rng_state(load_file(str(directory / f"rng-{self.accelerator.process_index}.safetensors"))["torch"])
+        restore_rng(load_file(str(directory / f"rng-{self.accelerator.process_index}.safetensors")))
         return TrainState(meta["step"], meta["epoch"], meta["batch"], meta["tokens"])
 
     def clear(self) -> None:
         """A finished run needs no checkpoints."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def rng_states() -> dict[str, Any]:
+    """The RNG states that dropout draws from: the CPU generator, and on a GPU the current
+    device's generator too (a resumed GPU run otherwise draws other dropout masks)."""
+    import torch
+
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

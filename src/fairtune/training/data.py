@@ -91,8 +91,9 @@ def plan_batches(examples: list[Example], *, batch_tokens: int, seed: int, epoch
     return batches
 
 
-def collate(examples: list[Example], pad_id: int):
-    """Right-padded tensors: input_ids, attention_mask, labels, and ``unlikely`` (one flag per row)."""
+def collate(examples: list[Example], pad_id: int, device: Any = None):
+    """Right-padded tensors: input_ids, attention_mask, labels, and ``unlikely`` (one flag per row),
+    on ``device`` (the model's: on a GPU, CPU tensors would fail the forward pass)."""
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -105,7 +106,8 @@ def collate(examples: list[Example], pad_id: int):
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
     unlikely = torch.tensor([e.unlikely for e in examples], dtype=torch.bool)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "unlikely": unlikely}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "unlikely": unlikely}
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
 def padding_share(examples: list[Example], batches: list[list[int]]) -> float:

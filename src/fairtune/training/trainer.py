@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fairtune.engine.device import model_device
 from fairtune.errors import FairtuneError
-from fairtune.training.checkpoint import Checkpointer, TrainState
+from fairtune.training.checkpoint import Checkpointer, TrainState, rng_states
 from fairtune.training.config import TrainConfig
 from fairtune.training.data import IGNORE, Example, collate, padding_share, plan_batches
 from fairtune.training.inputs import TrainingInputs, prepare_inputs
@@ -62,7 +63,9 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
     if not method.trains:
         return _finish_untrained(config, method, loaded, inputs, out, started)
 
-    model = method.prepare(loaded.model)
+    # On the accelerator's device before the base weights are snapshotted or a Fisher computed,
+    # so every copy and every batch lives where the model does.
+    model = method.prepare(loaded.model).to(accelerator.device)
     model.train()
     if config.regularisers:
         method.snapshot(model)   # the base weights, for KL / L2-SP / EWC / constrained (costs a copy)
@@ -115,7 +118,7 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
                 if state.batch >= steps_per_epoch * config.optim.grad_accum:
                     state.epoch, state.batch = state.epoch + 1, 0
                     continue
-                state.rng = torch.get_rng_state()
+                state.rng = rng_states()
                 tick = time.perf_counter()
                 micro = batches[state.batch:state.batch + config.optim.grad_accum]
                 terms, tokens = _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches,
@@ -172,15 +175,16 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
     each loss term and the number of real tokens seen."""
     totals: dict[str, float] = {}
     tokens = 0
+    device = accelerator.device
     for index, batch_indices in enumerate(micro):
-        batch = collate([examples[i] for i in batch_indices], pad_id)
+        batch = collate([examples[i] for i in batch_indices], pad_id, device)
         n_train = len(batch_indices)
         # Anchor rows are a batch of their own: padded together with short training rows, a
         # long anchor answer would widen every row (17 GB peak on templates + the 752 anchors).
         anchor_batch = None
         if anchor_batches and any(r.needs_anchor_rows for r in penalties):
             chosen = anchor_batches[(step * len(micro) + index) % len(anchor_batches)]
-            anchor_batch = collate([anchors[i] for i in chosen], pad_id)
+            anchor_batch = collate([anchors[i] for i in chosen], pad_id, device)
         tokens += int(batch["attention_mask"].sum())   # anchor rows are overhead, not progress
         need_base_train = task is not None and task.needs_base_train
         base_train = None
@@ -259,7 +263,7 @@ def _response_positions(mask):
     a response): the distance to the last unlabelled position before it, minus one."""
     import torch
 
-    index = torch.arange(mask.shape[1]).expand_as(mask)
+    index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     last_unlabelled = torch.where(mask, torch.full_like(index, -1), index).cummax(dim=1).values
     return (index - last_unlabelled - 1)[mask]
 
@@ -274,7 +278,7 @@ def _measure(controller, unwrapped, method, held_out, anchors, pad_id, base_nll)
 def _anchor_nll(unwrapped, method, examples: list[Example], pad_id: int, *, base: bool) -> float:
     import torch
 
-    batch = collate(examples, pad_id)
+    batch = collate(examples, pad_id, model_device(unwrapped))
     was_training = unwrapped.training
     unwrapped.eval()
     try:
@@ -289,7 +293,7 @@ def _anchor_nll(unwrapped, method, examples: list[Example], pad_id: int, *, base
 def _anchor_kl(unwrapped, method, examples: list[Example], pad_id: int) -> float:
     import torch
 
-    batch = collate(examples, pad_id)
+    batch = collate(examples, pad_id, model_device(unwrapped))
     base_rows = _labelled(_base_logits(unwrapped, method, batch), batch["labels"], 0, False, True)[2]
     was_training = unwrapped.training
     unwrapped.eval()
@@ -306,7 +310,7 @@ def _log_record(state, terms, tokens, tick, scheduler, grad_norm, regs, accelera
     import torch
 
     seconds = time.perf_counter() - tick
-    values = torch.tensor([terms[k] for k in sorted(terms)] + [tokens])
+    values = torch.tensor([terms[k] for k in sorted(terms)] + [tokens], device=accelerator.device)
     values = accelerator.reduce(values, reduction="sum") if accelerator.num_processes > 1 else values
     world = accelerator.num_processes
     reduced = {k: float(v) / world for k, v in zip(sorted(terms), values[:-1].tolist())}

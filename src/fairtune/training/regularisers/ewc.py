@@ -8,6 +8,7 @@ import hashlib
 import random
 from typing import Any
 
+from fairtune.engine.device import model_device
 from fairtune.training.regularisers.base import Regulariser, StepOutputs
 
 
@@ -50,7 +51,7 @@ class EWC(Regulariser):
         model.eval()
         try:
             for example in chosen:
-                batch = collate([example], self.context.pad_id)
+                batch = collate([example], self.context.pad_id, model_device(model))
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 labels = batch["labels"][:, 1:]
                 mask = labels != -100
