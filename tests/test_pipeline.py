@@ -117,10 +117,12 @@ def test_auto_align_runs_when_the_base_refuses_too_little(tiny_dir, tmp_path, mo
         return align_module.AlignResult(Path(tiny_dir), tmp_path / "fake-aligned", True, {})
 
     monkeypatch.setattr(align_module, "align", fake_align)
-    recipe = _tiny_recipe(tiny_dir, align={"when": "auto", "min_refusal": 1.0, "refusal_unlikelihood": 0.5},
+    recipe = _tiny_recipe(tiny_dir, align={"when": "auto", "min_refusal": 1.0, "refusal_unlikelihood": 0.5,
+                                                 "lr": 0.003},
                           data=[], arms=[{"name": "prompt", "train": {"method": {"name": "prompt"}}}], gates=[])
     result = pipeline_run.run_recipe(recipe, out=tmp_path / "run")
     assert calls and calls[0][0] == str(tiny_dir) and calls[0][1]["refusal_unlikelihood"] == 0.5
+    assert calls[0][1]["lr"] == 0.003
     assert result.summary["notes"] and "aligned" in result.summary["notes"][0]
     assert (tmp_path / "run" / "aligned" / "audits" / "refusal" / "summary.json").is_file()
 

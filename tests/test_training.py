@@ -348,15 +348,16 @@ def test_align_weights_helpful_anchors_and_is_built_once(tiny_dir, data_files):
     from fairtune.curation.records import read_records
     from fairtune.training.align import align
 
-    first = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=3, general=4)
+    plain = {"epochs": 1, "general": 4, "refusal_unlikelihood": 0}   # no unlikely rows to count here
+    first = align(str(tiny_dir), anchors=data_files["anchors"], helpful_weight=3, **plain)
     assert not first.cached and (first.merged_dir / "config.json").exists()
     kinds = [r["meta"].get("kind") for r in read_records(first.run_dir / "align_data.jsonl")]
     assert kinds.count("anchor-refusal") == 20 and kinds.count("anchor-helpful") == 60
     # General replies come from the model itself, after selfgen's filters (few survive a random model).
     assert kinds.count("generated") <= 4 and len(kinds) == 80 + kinds.count("generated")
-    again = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=3, general=4)
+    again = align(str(tiny_dir), anchors=data_files["anchors"], helpful_weight=3, **plain)
     assert again.cached and again.merged_dir == first.merged_dir
-    other = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=2, general=4)
+    other = align(str(tiny_dir), anchors=data_files["anchors"], helpful_weight=2, **plain)
     assert not other.cached and other.run_dir != first.run_dir
 
 
@@ -378,7 +379,7 @@ def test_align_benign_kl_anchors_on_helpful_answers_only(tiny_dir, data_files):
     from fairtune.training.align import align
 
     result = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1, general=0,
-                   benign_kl=0.5)
+                   benign_kl=0.5, refusal_unlikelihood=0)
     kinds = {r["meta"]["kind"] for r in read_records(result.run_dir / "benign_anchors.jsonl")}
     assert kinds == {"anchor-helpful"}
     assert result.manifest["config"]["regularisers"] == [
@@ -525,8 +526,20 @@ def test_align_refusal_unlikelihood_pairs_each_helpful_anchor_with_a_refusal_ope
     assert {"name": "unlikelihood", "weight": 0.5, "first_tokens": 1} in result.manifest["config"]["regularisers"]
     log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert any(record["unlikelihood"] > 0 for record in log)
-    plain = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1)
+    plain = align(str(tiny_dir), anchors=data_files["anchors"], epochs=1, helpful_weight=1, refusal_unlikelihood=0)
     assert plain.run_dir != result.run_dir
+
+
+def test_pipeline_and_api_align_with_the_same_defaults():
+    import inspect
+
+    from fairtune.pipeline.recipe import AlignSettings
+    from fairtune.training.align import align
+
+    defaults = inspect.signature(align).parameters
+    settings = AlignSettings()
+    for name in ("epochs", "lr", "helpful_weight", "refusal_unlikelihood"):
+        assert getattr(settings, name) == defaults[name].default, name
 
 
 def test_collate_puts_every_tensor_on_the_given_device():

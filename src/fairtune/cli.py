@@ -14,6 +14,7 @@ from rich.console import Console
 
 from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
 from fairtune.errors import FairtuneError
+from fairtune.training import align as align_defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit a language model for bias and safety, debias it, and prove the change.")
@@ -362,18 +363,19 @@ def align_command(
     model: Annotated[str, typer.Option(help="The model to give guardrails to.")] = "embedded",
     anchors: Annotated[Optional[Path], typer.Option(help="Anchor JSONL (default: the built-in safety set).")]
         = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the anchor set.", min=1)] = 2,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Passes over the anchor set.", min=1)] = align_defaults.DEFAULT_EPOCHS,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = align_defaults.DEFAULT_LR,
     rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
     helpful_weight: Annotated[int, typer.Option(help="Times each helpful (benign) anchor is repeated; "
-                                                     "guards against over-refusal.", min=1)] = 2,
+                                                     "guards against over-refusal.", min=1)]
+        = align_defaults.DEFAULT_HELPFUL_WEIGHT,
     general: Annotated[int, typer.Option(help="The model's own replies to neutral prompts mixed in "
                                               "(also against over-refusal).", min=0)] = 0,
     benign_kl: Annotated[float, typer.Option(help="Weight of KL to the base model on the helpful anchors "
                                                   "(keeps benign answers; 0 = off).", min=0)] = 0.0,
     refusal_unlikelihood: Annotated[float, typer.Option(
         help="Weight of unlikelihood on refusal openers after the helpful anchors' prompts (0 = off).",
-        min=0)] = 0.0,
+        min=0)] = align_defaults.DEFAULT_REFUSAL_UNLIKELIHOOD,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     verify: Annotated[bool, typer.Option(help="Run the refusal and over-refusal audits on the result.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fairtune.errors import InputError, from_validation
 from fairtune.readers import read_mapping
+from fairtune.training import align as align_defaults
 
 
 class _Strict(BaseModel):
@@ -46,9 +47,10 @@ class AuditEntry(_Strict):
 class AlignSettings(_Strict):
     when: Literal["auto", "always", "never"] = "auto"
     min_refusal: float = Field(0.5, ge=0, le=1)   # auto: align when the base refuses less than this
-    helpful_weight: int = Field(2, ge=1)
-    epochs: int = Field(2, ge=1)
-    refusal_unlikelihood: float = Field(0.0, ge=0)   # see fairtune.training.align
+    helpful_weight: int = Field(align_defaults.DEFAULT_HELPFUL_WEIGHT, ge=1)
+    epochs: int = Field(align_defaults.DEFAULT_EPOCHS, ge=1)
+    lr: float = Field(align_defaults.DEFAULT_LR, gt=0)
+    refusal_unlikelihood: float = Field(align_defaults.DEFAULT_REFUSAL_UNLIKELIHOOD, ge=0)
 
 
 BUILDERS = ("templates", "cda", "selfgen", "safety-anchors", "forecasts")

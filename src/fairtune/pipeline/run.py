@@ -122,7 +122,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
                                          and (refusal is None or refusal < recipe.align.min_refusal)):
         log("align: building or reusing the aligned model")
         aligned = align(recipe.model, helpful_weight=recipe.align.helpful_weight, epochs=recipe.align.epochs,
-                        refusal_unlikelihood=recipe.align.refusal_unlikelihood, seed=recipe.seed, progress=progress)
+                        lr=recipe.align.lr, refusal_unlikelihood=recipe.align.refusal_unlikelihood, seed=recipe.seed,
+                        progress=progress)
         start_model, start_key = str(aligned.merged_dir), stage_key("aligned", aligned.run_dir.name)
         start_audits = _audit_all(out / "aligned" / "audits", entries, start_model, start_key, recipe, models,
                                   log, progress)

@@ -27,6 +27,13 @@ from fairtune.training.config import TrainConfig, load_config
 
 ALIGN_VERSION = 3   # bump when the recipe below changes, so old caches are not reused
 
+# The default recipe, shared by the API, the CLI and pipeline recipes: the setting that met both
+# targets on the embedded model (refusal >= 0.90, over-refusal <= 0.15; README, "Guardrails").
+DEFAULT_EPOCHS = 3
+DEFAULT_LR = 2e-3
+DEFAULT_HELPFUL_WEIGHT = 2
+DEFAULT_REFUSAL_UNLIKELIHOOD = 0.1
+
 # Unlikelihood on the first token only ("I", "Sorry"): the words after it are shared with real
 # refusals, and on the whole opener the embedded model learnt "I can help" after harmful requests.
 UNLIKELY_FIRST_TOKENS = 1
@@ -74,9 +81,10 @@ def model_fingerprint(model: str) -> str:
     return f"hub:{spec.path}"
 
 
-def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = 2, lr: float = 1e-3,
-          rank: int = 16, helpful_weight: int = 2, general: int = 0, benign_kl: float = 0.0,
-          refusal_unlikelihood: float = 0.0, seed: int = 0, progress: bool = False) -> AlignResult:
+def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = DEFAULT_EPOCHS,
+          lr: float = DEFAULT_LR, rank: int = 16, helpful_weight: int = DEFAULT_HELPFUL_WEIGHT, general: int = 0,
+          benign_kl: float = 0.0, refusal_unlikelihood: float = DEFAULT_REFUSAL_UNLIKELIHOOD, seed: int = 0,
+          progress: bool = False) -> AlignResult:
     """The aligned (merged) model for ``model``, trained now or taken from the cache."""
     from fairtune.curation.safety import HELPFUL_KIND, builtin_anchor_path, load_anchors
     from fairtune.io import sha256_file, write_jsonl
