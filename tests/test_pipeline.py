@@ -133,17 +133,20 @@ def test_auto_align_runs_when_the_base_refuses_too_little(tiny_dir, tmp_path, mo
     assert not calls and not result.summary["notes"]
 
 
-def test_cli_bad_recipe_exits_2_in_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("bad, field", [
+    ("arms: [{name: a, train: {optim: {lr: fast}}}]\n", "arms.0.train.optim.lr"),
+    ("arms: [{name: a}]\nalign: {when: auto, lr: 0}\n", "align.lr"),
+])
+def test_cli_bad_recipe_exits_2_in_one_line_and_writes_nothing(tmp_path, bad, field):
     from typer.testing import CliRunner
 
     from fairtune.cli import app
 
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\naudits: [{suite: refusal}]\narms: [{name: a, train: {optim: {lr: fast}}}]\n"
-                    "data: [{builder: templates}]\n")
+    path.write_text("name: x\naudits: [{suite: refusal}]\n" + bad + "data: [{builder: templates}]\n")
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(out)])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(path) in lines[0] and "arms.0.train.optim.lr" in lines[0]
+    assert len(lines) == 1 and str(path) in lines[0] and field in lines[0]
     assert not out.exists()

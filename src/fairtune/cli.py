@@ -365,7 +365,7 @@ def align_command(
         = None,
     epochs: Annotated[int, typer.Option(help="Passes over the anchor set.", min=1)] = align_defaults.DEFAULT_EPOCHS,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = align_defaults.DEFAULT_LR,
-    rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
+    rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = align_defaults.DEFAULT_RANK,
     helpful_weight: Annotated[int, typer.Option(help="Times each helpful (benign) anchor is repeated; "
                                                      "guards against over-refusal.", min=1)]
         = align_defaults.DEFAULT_HELPFUL_WEIGHT,

@@ -62,11 +62,12 @@ class GenerationEngine:
         results: list[Generation | None] = [None] * len(texts)
         budget = max_new_tokens or self.max_new_tokens
         eos = self._stop_ids()
+        device = model_device(self.model)   # inputs go where the model is
         with progress_bar(self.progress) as bar:
             task = bar.add_task("generating", total=len(texts))
             for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
                 batch = order[start: start + self.batch_size]
-                ids, mask = (t.to(model_device(self.model)) for t in self._left_pad([encoded[i] for i in batch]))
+                ids, mask = (t.to(device) for t in self._left_pad([encoded[i] for i in batch]))
                 torch.manual_seed(seed + batch_no)
                 with torch.inference_mode():
                     out = self.model.generate(

@@ -31,6 +31,7 @@ ALIGN_VERSION = 3   # bump when the recipe below changes, so old caches are not 
 # targets on the embedded model (refusal >= 0.90, over-refusal <= 0.15; README, "Guardrails").
 DEFAULT_EPOCHS = 3
 DEFAULT_LR = 2e-3
+DEFAULT_RANK = 16
 DEFAULT_HELPFUL_WEIGHT = 2
 DEFAULT_REFUSAL_UNLIKELIHOOD = 0.1
 
@@ -82,7 +83,7 @@ def model_fingerprint(model: str) -> str:
 
 
 def align(model: str = "embedded", *, anchors: str | Path | None = None, epochs: int = DEFAULT_EPOCHS,
-          lr: float = DEFAULT_LR, rank: int = 16, helpful_weight: int = DEFAULT_HELPFUL_WEIGHT, general: int = 0,
+          lr: float = DEFAULT_LR, rank: int = DEFAULT_RANK, helpful_weight: int = DEFAULT_HELPFUL_WEIGHT, general: int = 0,
           benign_kl: float = 0.0, refusal_unlikelihood: float = DEFAULT_REFUSAL_UNLIKELIHOOD, seed: int = 0,
           progress: bool = False) -> AlignResult:
     """The aligned (merged) model for ``model``, trained now or taken from the cache."""
