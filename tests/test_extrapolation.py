@@ -12,6 +12,7 @@ from fairtune.audits.extrapolation import forecast_record, load_panel, load_pane
 from fairtune.errors import FairtuneError, InputError
 from fairtune.forecasting.analysis import extrapolation_metrics
 from fairtune.forecasting.panel import SPLITS, TRAIN_PANELS, PanelSpec, held_out_axes, panel_queries
+from fairtune.forecasting.posterior import posterior_forecasts
 from fairtune.forecasting.prompts import answer_text, parse_forecasts, render_history
 from fairtune.forecasting.simulate import fit_ar1, read_series_csv, simulate_series
 
@@ -43,6 +44,34 @@ def test_rational_forecast_is_the_conditional_expectation():
     s = simulate_series(0.5, scale="tens", length=10, seed=0, index=0)
     assert s.rational(4, 1) == pytest.approx(s.mu + 0.5 * (s.values[4] - s.mu))
     assert s.rational(4, 2) == pytest.approx(s.mu + 0.25 * (s.values[4] - s.mu))
+
+
+# --- the posterior forecast: rational given only the history shown ------------------------------
+
+def test_posterior_forecast_on_a_one_point_grid_is_least_squares_given_that_rho():
+    history = simulate_series(0.5, scale="tens", length=16, seed=3, index=0).values
+    x = np.asarray(history)
+    intercept = np.mean(x[1:] - 0.5 * x[:-1])
+    one, two = posterior_forecasts(history, (1, 2), rho_grid=np.array([0.5]))
+    assert one == pytest.approx(intercept + 0.5 * x[-1])
+    assert two == pytest.approx(intercept + 0.5 * one)
+
+
+def test_posterior_forecast_finds_the_process_in_a_long_history_and_not_in_a_short_one():
+    s = simulate_series(0.7, scale="hundreds", length=3000, seed=4, index=0)
+    truth = [s.rational(len(s.values) - 1, h) for h in (1, 2)]
+    assert posterior_forecasts(s.values, (1, 2)) == pytest.approx(truth, abs=0.05 * s.sigma)
+    short = [posterior_forecasts(s.values[:t + 1][-16:], (1,))[0] - s.rational(t, 1) for t in range(20, 2000, 7)]
+    assert np.mean(np.square(short)) > (0.1 * s.sigma) ** 2
+
+
+def test_posterior_forecast_moves_with_the_numbers_shown():
+    history = simulate_series(0.8, scale="units", length=16, seed=5, index=1).values
+    forecasts = posterior_forecasts(history, (2, 3))
+    moved = posterior_forecasts([100 + 3 * v for v in history], (2, 3))
+    assert moved == pytest.approx([100 + 3 * f for f in forecasts])
+    with pytest.raises(ValueError, match="at least 3"):
+        posterior_forecasts([1.0, 2.0], (1, 2))
 
 
 # --- prompts and parsing -------------------------------------------------------------------------
@@ -201,6 +230,17 @@ def test_noisy_rational_forecasts_look_like_overreaction():
     assert m["cg_coefficient"].ci_high < 0
 
 
+def test_forecaster_that_knows_only_the_history_is_rational_by_the_cg_measure():
+    """The posterior mean given the history (the default training target) does not know the true
+    process, so it is far from the true-process forecast, yet its error is orthogonal to its revision."""
+    m = _overall(_records(lambda q, h: posterior_forecasts(q.history, (h,))[0], BIG))
+    assert m["cg_coefficient"].ci_low <= 0 <= m["cg_coefficient"].ci_high
+    assert abs(m["cg_coefficient"].value) < 0.1
+    assert m["mse_vs_rational"].ci_low > 0.1
+    noisy = _overall(_records(_rational, BIG, noise=0.5))      # about as far from the truth, but noise
+    assert noisy["cg_coefficient"].ci_high < 0
+
+
 def test_unparsed_replies_are_counted_and_break_only_their_pairs():
     spec = PanelSpec(rhos=(0.5,), series_per_rho=3, history=6, origins=4, seed=2)
     records = []
@@ -287,16 +327,29 @@ def test_system_prompt_reaches_the_model(tiny_loaded, monkeypatch):
 
 # --- rational training data ------------------------------------------------------------------------------
 
-def test_rational_records_target_the_rational_forecast():
+@pytest.mark.parametrize("target", ["posterior", "process"])
+def test_rational_records_answer_with_the_chosen_rational_forecast(target):
     from fairtune.forecasting.dataset import rational_records
 
     spec = PanelSpec(rhos=(0.4,), series_per_rho=2, history=5, origins=2, scale="units", seed=5)
-    records = rational_records([spec])
+    records = rational_records([spec], target)
     for record, q in zip(records, panel_queries(spec)):
         user, assistant = record["messages"]
         assert user["content"] == q.prompt() and record["meta"]["group"] == q.series.id
+        assert record["meta"]["attributes"]["target"] == target
         parsed = parse_forecasts(assistant["content"], q.horizons, q.history).forecasts
-        assert parsed == pytest.approx(q.rational(), abs=0.006)   # rounded as shown: 2 decimals
+        wanted = posterior_forecasts(q.history, q.horizons) if target == "posterior" else q.rational()
+        assert parsed == pytest.approx(wanted, abs=0.006)   # rounded as shown: 2 decimals
+    assert rational_records([spec])[0]["meta"]["attributes"]["target"] == "posterior"   # the default
+
+
+def test_cli_unknown_forecast_target_exits_2_naming_the_field_and_writes_nothing(tmp_path):
+    out = tmp_path / "data"
+    result = _cli(["data", "forecasts", "--target", "oracle", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "field 'target'" in lines[0] and "posterior" in lines[0]
+    assert not out.exists()
 
 
 def test_training_on_an_evaluation_panel_is_caught(tmp_path):
@@ -359,6 +412,14 @@ def test_recipe_runs_every_stage_then_resumes_from_its_cache(tiny_dir, tmp_path)
     rerun = {line.split(":")[0] for line in lines if line.endswith("running")}
     assert rerun == {"train", "audit-tuned-in-sample", "audit-tuned-out-of-sample"}
 
+    lines.clear()
+    other_target = _tiny_recipe(tiny_dir, lr=5e-4).model_copy(update={"target": "process"})
+    run_extrapolation(other_target, out=tmp_path / "r", log=lines.append)
+    rerun = {line.split(":")[0] for line in lines if line.endswith("running")}
+    assert rerun == {"data", "train", "audit-tuned-in-sample", "audit-tuned-out-of-sample"}
+    answer = json.loads((tmp_path / "r" / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert answer["meta"]["attributes"]["target"] == "process"
+
 
 def test_recipe_reseeding_moves_every_panel():
     from fairtune.recipes.extrapolation import ExtrapolationRecipe
@@ -413,10 +474,11 @@ def test_cli_audit_on_a_one_origin_panel_exits_2_naming_origins_and_writes_nothi
     assert not out.exists()
 
 
-def test_cli_recipe_rejects_bad_rho_before_loading_anything(tmp_path):
+@pytest.mark.parametrize("args, said", [(["--eval-rho", "1.5"], "rho 1.5"), (["--target", "oracle"], "target")])
+def test_cli_recipe_rejects_bad_settings_before_loading_anything(tmp_path, args, said):
     out = tmp_path / "r"
-    result = _cli(["extrapolation", "--out", str(out), "--eval-rho", "1.5", "--model", "/no/such/model"])
-    assert result.exit_code == 2 and "rho 1.5" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = _cli(["extrapolation", "--out", str(out), *args, "--model", "/no/such/model"])
+    assert result.exit_code == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 

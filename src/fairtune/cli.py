@@ -304,6 +304,8 @@ def data_forecasts(
     out: OutOption,
     spec: Annotated[Optional[Path], typer.Option(help="A panel spec (.json/.yaml with PanelSpec fields); "
                                                       "default: the built-in training panels.")] = None,
+    target: Annotated[str, typer.Option(help="posterior: the rational forecast given the history shown; "
+                                             "process: given the series' true process.")] = "posterior",
     against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
     no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
     force: ForceOption = False,
@@ -312,7 +314,7 @@ def data_forecasts(
     from fairtune.curation import api
 
     _run_data(lambda: api.forecasts(out=out, spec_file=spec, seed=seed, validation_fraction=validation,
-                                    guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+                                    target=target, guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
 
 
 @data_app.command("check")
@@ -460,6 +462,8 @@ def extrapolation_command(
     epochs: Annotated[int, typer.Option(help="Passes over the rational data.", min=1)] = 2,
     lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-3,
     rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
+    target: Annotated[str, typer.Option(help="Training targets: posterior (given the history shown) or "
+                                             "process (given the true process).")] = "posterior",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
 ) -> None:
     """Extrapolation debiasing: audit -> rational data -> LoRA -> audit, in and out of sample."""
@@ -471,7 +475,8 @@ def extrapolation_command(
 
     def start():
         try:
-            recipe = ExtrapolationRecipe(model=model, train=TrainSettings(epochs=epochs, lr=lr, rank=rank))
+            recipe = ExtrapolationRecipe(model=model, target=target,
+                                         train=TrainSettings(epochs=epochs, lr=lr, rank=rank))
             if horizons:
                 recipe.evaluations["horizon-out-of-sample"] = SPLITS["horizon-out-of-sample"]
             recipe = recipe.reseeded(seed).with_rhos(train_rho, eval_rho)

@@ -134,12 +134,16 @@ def _is_axis(axis: str) -> bool:
 def forecasts(*, out: str | Path | None, spec_file: str | Path | None = None,
               panels: Sequence[Any] | None = None, seed: int = 0,
               validation_fraction: float = 0.1, guard: GuardSettings | None = None, force: bool = False,
-              name: str | None = None) -> CurationResult:
+              name: str | None = None, target: str = "posterior") -> CurationResult:
     """Rational-forecast chat records (:mod:`fairtune.forecasting.dataset`): the built-in training
-    panels, or one panel spec file (PanelSpec fields in JSON/YAML)."""
-    from fairtune.forecasting.dataset import SOURCE, rational_records
+    panels, or one panel spec file (PanelSpec fields in JSON/YAML). ``target``: ``posterior``
+    (the rational forecast given the history shown) or ``process`` (given the true process)."""
+    from fairtune.errors import InputError
+    from fairtune.forecasting.dataset import SOURCE, TARGETS, rational_records
     from fairtune.forecasting.panel import TRAIN_PANELS
 
+    if target not in TARGETS:
+        raise InputError(f"unknown forecast target '{target}' (targets: {', '.join(TARGETS)})", field="target")
     if spec_file is not None:
         from fairtune.audits.extrapolation import load_panel_spec
 
@@ -148,9 +152,9 @@ def forecasts(*, out: str | Path | None, spec_file: str | Path | None = None,
     else:
         panels = tuple(panels or TRAIN_PANELS)
         sources = [Source(SOURCE, 0)]
-    records = rational_records(panels)
+    records = rational_records(panels, target)
     sources[0].records = len(records)
     return finalize(records, name=name or "rational-forecasts", builder="fairtune data forecasts", sources=sources,
-                    settings={"panels": [p.model_dump(mode="json") for p in panels]},
+                    settings={"panels": [p.model_dump(mode="json") for p in panels], "target": target},
                     out=out, force=force, validation_fraction=validation_fraction, seed=seed, guard=guard,
                     near_threshold=None)   # a series' consecutive origins share most of their history

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fairtune.forecasting.dataset import DEFAULT_TARGET, Target
 from fairtune.forecasting.panel import SPLITS, TRAIN_PANELS, PanelSpec, held_out_axes
 from fairtune.forecasting.prompts import RATIONAL_SYSTEM_PROMPT
 from fairtune.io import atomic_open, write_json
@@ -50,6 +51,7 @@ class ExtrapolationRecipe(BaseModel):
     evaluations: dict[str, PanelSpec] = Field(
         default_factory=lambda: {split: SPLITS[split] for split in ("in-sample", "rho-out-of-sample", "out-of-sample")})
     system_prompt: str = RATIONAL_SYSTEM_PROMPT
+    target: Target = DEFAULT_TARGET
     train: TrainSettings = Field(default_factory=TrainSettings)
     max_new_tokens: int = Field(24, ge=8)
     seed: int = 0
@@ -126,9 +128,10 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
         runs["prompt"][split] = audit_stage(f"audit-prompt-{split}", base_key, base_model, split,
                                             recipe.system_prompt)
 
-    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.seed)
+    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.target, recipe.seed)
     data_dir = _stage(out, "data", data_key, lambda d: forecasts(out=d, seed=recipe.seed, force=True,
-                                                                panels=recipe.train_panels), log)
+                                                                panels=recipe.train_panels, target=recipe.target),
+                      log)
 
     train_key = stage_key(base_key, data_key, recipe.train.model_dump(), recipe.seed)
 
