@@ -314,7 +314,8 @@ def data_forecasts(
     from fairtune.curation import api
 
     _run_data(lambda: api.forecasts(out=out, spec_file=spec, seed=seed, validation_fraction=validation,
-                                    target=target, guard=_guard(against, embedding, allow_overlap, no_guard), force=force))
+                                    target=target, guard=_guard(against, embedding, allow_overlap, no_guard),
+                                    force=force))
 
 
 @data_app.command("check")
