@@ -14,6 +14,8 @@ from rich.console import Console
 
 from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
 from fairtune.errors import FairtuneError
+from fairtune.forecasting.dataset import DEFAULT_TARGET, TARGETS
+from fairtune.recipes import extrapolation as extrapolation_defaults
 from fairtune.training import align as align_defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -304,8 +306,8 @@ def data_forecasts(
     out: OutOption,
     spec: Annotated[Optional[Path], typer.Option(help="A panel spec (.json/.yaml with PanelSpec fields); "
                                                       "default: the built-in training panels.")] = None,
-    target: Annotated[str, typer.Option(help="posterior: the rational forecast given the history shown; "
-                                             "process: given the series' true process.")] = "posterior",
+    target: Annotated[str, typer.Option(help=f"One of {', '.join(TARGETS)}: the rational forecast given the "
+                                             "history shown, or given the series' true process.")] = DEFAULT_TARGET,
     against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
     no_guard: NoGuardOption = False, validation: ValidationOption = 0.1, seed: SeedOption = 0,
     force: ForceOption = False,
@@ -460,11 +462,12 @@ def extrapolation_command(
     eval_rho: Annotated[Optional[list[float]], typer.Option(
         help="Held-out rho levels for both out-of-sample panels (repeatable).")] = None,
     horizons: Annotated[bool, typer.Option(help="Also evaluate held-out horizons (t+2, t+3).")] = False,
-    epochs: Annotated[int, typer.Option(help="Passes over the rational data.", min=1)] = 2,
-    lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-3,
-    rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 16,
-    target: Annotated[str, typer.Option(help="Training targets: posterior (given the history shown) or "
-                                             "process (given the true process).")] = "posterior",
+    epochs: Annotated[int, typer.Option(help="Passes over the rational data.", min=1)] \
+        = extrapolation_defaults.DEFAULT_EPOCHS,
+    lr: Annotated[float, typer.Option(help="LoRA learning rate.")] = extrapolation_defaults.DEFAULT_LR,
+    rank: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = extrapolation_defaults.DEFAULT_RANK,
+    target: Annotated[str, typer.Option(help=f"Training targets, one of {', '.join(TARGETS)}: given the history "
+                                             "shown, or given the true process.")] = DEFAULT_TARGET,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
 ) -> None:
     """Extrapolation debiasing: audit -> rational data -> LoRA -> audit, in and out of sample."""

@@ -134,14 +134,16 @@ def _is_axis(axis: str) -> bool:
 def forecasts(*, out: str | Path | None, spec_file: str | Path | None = None,
               panels: Sequence[Any] | None = None, seed: int = 0,
               validation_fraction: float = 0.1, guard: GuardSettings | None = None, force: bool = False,
-              name: str | None = None, target: str = "posterior") -> CurationResult:
+              name: str | None = None, target: str | None = None) -> CurationResult:
     """Rational-forecast chat records (:mod:`fairtune.forecasting.dataset`): the built-in training
     panels, or one panel spec file (PanelSpec fields in JSON/YAML). ``target``: ``posterior``
-    (the rational forecast given the history shown) or ``process`` (given the true process)."""
+    (the rational forecast given the history shown; the default) or ``process`` (given the true
+    process)."""
     from fairtune.errors import InputError
-    from fairtune.forecasting.dataset import SOURCE, TARGETS, rational_records
+    from fairtune.forecasting.dataset import DEFAULT_TARGET, SOURCE, TARGETS, rational_records
     from fairtune.forecasting.panel import TRAIN_PANELS
 
+    target = target or DEFAULT_TARGET
     if target not in TARGETS:
         raise InputError(f"unknown forecast target '{target}' (targets: {', '.join(TARGETS)})", field="target")
     if spec_file is not None:

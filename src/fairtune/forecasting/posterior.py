@@ -38,6 +38,6 @@ def posterior_forecasts(history: Sequence[float], horizons: Sequence[int],
     forecasts = []
     for h in horizons:
         # sum of rho**k for k < h, written so that rho = 1 needs no special case
-        geometric = np.array([sum(r ** k for k in range(h)) for r in rho_grid])
+        geometric = (rho_grid[:, None] ** np.arange(h)[None, :]).sum(axis=1)
         forecasts.append(float(weight @ (intercept * geometric + rho_grid ** h * x[-1])))
     return tuple(forecasts)

@@ -32,12 +32,18 @@ TARGET_SHARE = 0.8     # the issue's target: 80% of the way to zero, out of samp
 SEED_STRIDE = 7919     # panel seeds move by a prime per recipe seed, far from the built-in seeds
 
 
+# Training defaults, shared by TrainSettings and `fairtune extrapolation` (README: the variants).
+DEFAULT_EPOCHS = 2
+DEFAULT_LR = 1e-3
+DEFAULT_RANK = 16
+
+
 class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    rank: int = Field(16, ge=1)
+    epochs: int = Field(DEFAULT_EPOCHS, ge=1)
+    lr: float = Field(DEFAULT_LR, gt=0)
+    rank: int = Field(DEFAULT_RANK, ge=1)
     batch_tokens: int = Field(2048, ge=64)
 
 
