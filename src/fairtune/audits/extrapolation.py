@@ -119,10 +119,11 @@ class ExtrapolationAudit(Audit):
                    "the latest change, implied persistence, distance from the rational forecast")
     data_format = ("panel spec .json/.yaml (PanelSpec fields), split:NAME (in-sample, out-of-sample, "
                    "horizon-out-of-sample, returns), or CSV series_id, time, value")
-    headline_metrics = ("cg_coefficient", "extrapolation_loading", "mse_vs_rational", "parse_failure_rate")
+    headline_metrics = ("cg_coefficient", "cg_coefficient_expected", "extrapolation_loading", "mse_vs_rational",
+                        "parse_failure_rate")
     # implied_persistence (per rho) has no fixed goal: its rational value, rho**h, differs by group.
-    metric_goals = {"cg_coefficient": 0.0, "extrapolation_loading": 0.0, "persistence_gap": 0.0,
-                    "mse_vs_rational": "lower", "parse_failure_rate": "lower"}
+    metric_goals = {"cg_coefficient": 0.0, "cg_coefficient_expected": 0.0, "extrapolation_loading": 0.0,
+                    "persistence_gap": 0.0, "mse_vs_rational": "lower", "parse_failure_rate": "lower"}
     bundles = ("forecasting",)
     accepts_system_prompt = True
 

@@ -22,8 +22,8 @@ KIND = "rational-forecast"
 
 # What a record's answer is: the posterior mean given the history the prompt shows
 # (fairtune.forecasting.posterior), or the forecast under the series' true process. The posterior
-# is a function of the prompt alone; at the same 900 prompts it took the embedded model's
-# all-axes out-of-sample CG from 26% to 68% of the way to zero (README).
+# is a function of the prompt alone; at the same 900 prompts its first, conditional-likelihood
+# form took the embedded model's all-axes out-of-sample CG from 26% to 68% of the way to zero (README).
 Target = Literal["posterior", "process"]
 TARGETS: tuple[str, ...] = get_args(Target)
 DEFAULT_TARGET: Target = "posterior"

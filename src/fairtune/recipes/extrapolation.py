@@ -23,11 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fairtune.forecasting.dataset import DEFAULT_TARGET, Target
 from fairtune.forecasting.panel import SPLITS, TRAIN_PANELS, PanelSpec, held_out_axes
+from fairtune.forecasting.posterior import MODEL as POSTERIOR_MODEL
 from fairtune.forecasting.prompts import RATIONAL_SYSTEM_PROMPT
 from fairtune.io import atomic_open, write_json
 from fairtune.pipeline.stages import run_stage, stage_key
 PLOT_FILE = "forecast_vs_rational.png"
-HEADLINE = "cg_coefficient"
+# The target is judged on the CG coefficient's expected-error form: the same coefficient as the
+# realised-error one without the innovations' noise. On 8 series a level that noise alone (s.d.
+# about 0.10 across panel seeds, against 0.045) fails an 80% target on a base of -0.4 for 40% of
+# panels even for a forecaster that knows the true process (benchmarks/cg_sampling_noise.py).
+# Both forms are reported, side by side.
+CG_FORMS = ("cg_coefficient_expected", "cg_coefficient")
+HEADLINE = CG_FORMS[0]
 TARGET_SHARE = 0.8     # the issue's target: 80% of the way to zero, out of sample
 SEED_STRIDE = 7919     # panel seeds move by a prime per recipe seed, far from the built-in seeds
 
@@ -134,7 +141,9 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
         runs["prompt"][split] = audit_stage(f"audit-prompt-{split}", base_key, base_model, split,
                                             recipe.system_prompt)
 
-    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.target, recipe.seed)
+    target_model = POSTERIOR_MODEL if recipe.target == "posterior" else None
+    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.target, target_model,
+                         recipe.seed)
     data_dir = _stage(out, "data", data_key, lambda d: forecasts(out=d, seed=recipe.seed, force=True,
                                                                 panels=recipe.train_panels, target=recipe.target),
                       log)
@@ -182,24 +191,31 @@ def _write_panels(out: Path, recipe: ExtrapolationRecipe) -> dict[str, Path]:
     return paths
 
 
-def _metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "summary.json").read_text())["metrics"]
+def _metrics(run_dir: Path, seed: int) -> dict[str, Any]:
+    """Derived from the audit's records, the source of truth, so that a stage cached by an earlier
+    version of fairtune still reports every measure this one computes."""
+    from fairtune.forecasting.analysis import extrapolation_metrics
+    from fairtune.io import read_jsonl
+
+    return extrapolation_metrics(read_jsonl(run_dir / "records.jsonl"), seed=seed).as_dict()
 
 
 def summarise(recipe: ExtrapolationRecipe, runs: dict[str, dict[str, Path]], train_dir: Path) -> dict[str, Any]:
-    """Per split: each arm's pooled metrics, and how far the CG coefficient moved toward zero."""
+    """Per split: each arm's pooled metrics, and how far each form of the CG coefficient moved toward zero."""
     splits = {}
     for split, spec in recipe.evaluations.items():
-        arms = {arm: _metrics(runs[arm][split]) for arm in runs}
-        before = arms["base"]["overall"][HEADLINE]["value"]
-        moved = {arm: _share_moved(before, arms[arm]["overall"][HEADLINE]["value"]) for arm in ("prompt", "tuned")}
+        arms = {arm: _metrics(runs[arm][split], recipe.seed) for arm in runs}
+        moved = {form: {arm: _share_moved(arms["base"]["overall"][form]["value"], arms[arm]["overall"][form]["value"])
+                        for arm in ("prompt", "tuned")} for form in CG_FORMS}
         splits[split] = {"held_out": held_out_axes(recipe.train_panels, spec), "arms": arms,
                          "share_moved_to_zero": moved}
-    oos = splits.get("out-of-sample", {}).get("share_moved_to_zero", {}).get("tuned")
+    oos = {form: splits.get("out-of-sample", {}).get("share_moved_to_zero", {}).get(form, {}).get("tuned")
+           for form in CG_FORMS}
     manifest = json.loads((train_dir / "manifest.json").read_text())
     return {"recipe": recipe.model_dump(mode="json"), "splits": splits,
             "target": {"metric": HEADLINE, "split": "out-of-sample", "share": TARGET_SHARE,
-                       "achieved": oos, "met": oos is not None and oos >= TARGET_SHARE},
+                       "achieved": oos[HEADLINE], "met": oos[HEADLINE] is not None and oos[HEADLINE] >= TARGET_SHARE,
+                       "achieved_by_form": oos},
             "training": {**{k: manifest.get(k) for k in ("wall_seconds", "steps", "trainable_share", "peak_rss_mib")},
                          "final_loss": manifest.get("final", {}).get("loss")}}
 
@@ -218,22 +234,31 @@ def _cell(estimate: dict[str, Any]) -> str:
     return f"{estimate['value']:.3f}{interval}"
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Extrapolation debiasing", ""]
     target = summary["target"]
-    achieved = "n/a" if target["achieved"] is None else f"{target['achieved']:.0%}"
-    lines += [f"Target: the pooled {target['metric']} out of sample moves at least {target['share']:.0%} of the "
-              f"way to zero. Achieved: {achieved} ({'met' if target['met'] else 'not met'}).", ""]
-    metrics = ("cg_coefficient", "extrapolation_loading", "persistence_gap", "mse_vs_rational", "parse_failure_rate")
+    others = ", ".join(f"{form} {_share(v)}" for form, v in target["achieved_by_form"].items()
+                       if form != target["metric"])
+    lines += [f"Target: the pooled CG coefficient out of sample moves at least {target['share']:.0%} of the way to "
+              f"zero, judged on {target['metric']} (the error measured from the conditional expectation, not the "
+              f"realised value: the same coefficient without the innovations' noise). Achieved: "
+              f"{_share(target['achieved'])} ({'met' if target['met'] else 'not met'}); {others}.", ""]
+    metrics = (*CG_FORMS, "extrapolation_loading", "persistence_gap", "mse_vs_rational", "parse_failure_rate")
     for split, data in summary["splits"].items():
         held = ", ".join(k for k, v in data["held_out"].items() if v) or "nothing"
         lines += [f"## {split} (held out: {held})", "", "| metric | base | prompt | tuned |", "|---|---|---|---|"]
         for metric in metrics:
             cells = [_cell(data["arms"][arm]["overall"][metric]) for arm in ("base", "prompt", "tuned")]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-        moved = data["share_moved_to_zero"]
-        lines += ["", "CG coefficient moved toward zero: " + ", ".join(
-            f"{arm} {'n/a' if v is None else f'{v:.0%}'}" for arm, v in moved.items()), ""]
+        lines.append("")
+        for form, moved in data["share_moved_to_zero"].items():
+            lines.append(f"{form} moved toward zero: " + ", ".join(f"{arm} {_share(v)}" for arm, v in moved.items())
+                         + "  ")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
