@@ -217,7 +217,7 @@ def test_headline_table_has_the_values_and_flags_regressions(study):
     # Every audit's every headline metric has a row, in bundle order.
     audits_in_order = list(dict.fromkeys(r["attrs"]["data-audit"] for r in page.rows["headline"][2:]))
     assert audits_in_order == list(AUDITS)
-    assert len(page.rows["headline"]) - 2 == 2 + 2 + 2 + 4
+    assert len(page.rows["headline"]) - 2 == 2 + 2 + 2 + 5
 
     md = study["md"]
     assert "| refusal | refusal\\_rate | 0.050 [0.020, 0.090] | 0.930 [0.880, 0.970] | +0.880 [+0.800, +0.950] | " \
