@@ -413,7 +413,7 @@ def _tiny_recipe(tiny_dir, **train):
                                train=TrainSettings(epochs=1, batch_tokens=256, **train), max_new_tokens=8)
 
 
-def test_recipe_runs_every_stage_then_resumes_from_its_cache(tiny_dir, tmp_path):
+def test_recipe_runs_every_stage_then_resumes_from_its_cache(tiny_dir, tmp_path, monkeypatch):
     from fairtune.recipes.extrapolation import PLOT_FILE, run_extrapolation
 
     lines: list[str] = []
@@ -455,6 +455,19 @@ def test_recipe_runs_every_stage_then_resumes_from_its_cache(tiny_dir, tmp_path)
     assert rerun == {"data", "train", "audit-tuned-in-sample", "audit-tuned-out-of-sample"}
     answer = json.loads((tmp_path / "r" / "data" / "train.jsonl").read_text().splitlines()[0])
     assert answer["meta"]["attributes"]["target"] == "process"
+
+    # A new model of the answer (as when the posterior stopped conditioning on the first value)
+    # rebuilds data cached under the old one, in this recipe and in `fairtune run` recipes alike.
+    from fairtune.curation.api import content_key
+    from fairtune.forecasting import dataset
+
+    before = content_key("forecasts", {})
+    monkeypatch.setitem(dataset.TARGET_MODELS, "posterior", "a later model of the posterior")
+    assert content_key("forecasts", {}) != before and content_key("templates", {"axis": "gender"}) is None
+    lines.clear()
+    run_extrapolation(_tiny_recipe(tiny_dir, lr=5e-4), out=tmp_path / "r", log=lines.append)
+    rerun = {line.split(":")[0] for line in lines if line.endswith("running")}
+    assert rerun == {"data", "train", "audit-tuned-in-sample", "audit-tuned-out-of-sample"}
 
 
 def test_recipe_reseeding_moves_every_panel():

@@ -113,6 +113,16 @@ def check(inputs: Sequence[str | Path], *, guard: GuardSettings | None = None,
                     out=None, validation_fraction=0.0, near_threshold=near_threshold, guard=guard)
 
 
+def content_key(builder: str, args: dict[str, Any]) -> str | None:
+    """What a builder's output depends on beyond its arguments and input files (the code's model
+    of the answer), for stage keys; None where nothing does."""
+    if builder == "forecasts":
+        from fairtune.forecasting.dataset import DEFAULT_TARGET, TARGET_MODELS
+
+        return TARGET_MODELS.get(args.get("target") or DEFAULT_TARGET)
+    return None
+
+
 def _with_source(record: dict, source: str) -> dict:
     meta = dict(record.get("meta") or {})
     meta.setdefault("source", source)

@@ -71,8 +71,8 @@ def _z(value: float, record: Record) -> float:
     return value / record["inputs"]["sigma"]
 
 
-def revision_pairs(records: Sequence[Record]) -> list[tuple[Record, float, float]]:
-    """``(record, error, revision)`` for each parsed record whose series' previous origin parsed too."""
+def revision_pairs(records: Sequence[Record]) -> list[tuple[Record, float]]:
+    """``(record, revision)`` for each parsed record whose series' previous origin parsed too."""
     by_series: dict[str, dict[int, Record]] = defaultdict(dict)
     for record in records:
         by_series[record["inputs"]["series"]][record["inputs"]["origin"]] = record
@@ -83,9 +83,7 @@ def revision_pairs(records: Sequence[Record]) -> list[tuple[Record, float, float
             now = record["scores"]["forecasts"]
             if previous is None or now is None or previous["scores"]["forecasts"] is None:
                 continue
-            error = record["inputs"]["realised"][0] - now[0]
-            revision = now[0] - previous["scores"]["forecasts"][1]
-            pairs.append((record, _z(error, record), _z(revision, record)))
+            pairs.append((record, _z(now[0] - previous["scores"]["forecasts"][1], record)))
     return pairs
 
 
@@ -93,16 +91,19 @@ def _parsed(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if r["scores"]["forecasts"] is not None]
 
 
-def cg_coefficient(records: Sequence[Record]) -> Estimate:
+def _cg(records: Sequence[Record], outcome: Callable[[Record], float]) -> Estimate:
+    """The forecast error ``outcome - F_t x_{t+h}`` regressed on the revision, over revision pairs."""
     pairs = revision_pairs(records)
-    return ols_slope([e for _, e, _ in pairs], [v for _, _, v in pairs],
-                     [r["inputs"]["series"] for r, _, _ in pairs])
+    errors = [_z(outcome(r) - r["scores"]["forecasts"][0], r) for r, _ in pairs]
+    return ols_slope(errors, [v for _, v in pairs], [r["inputs"]["series"] for r, _ in pairs])
+
+
+def cg_coefficient(records: Sequence[Record]) -> Estimate:
+    return _cg(records, lambda r: r["inputs"]["realised"][0])
 
 
 def cg_coefficient_expected(records: Sequence[Record]) -> Estimate:
-    pairs = revision_pairs(records)
-    expected_error = [_z(r["inputs"]["rational"][0] - r["scores"]["forecasts"][0], r) for r, _, _ in pairs]
-    return ols_slope(expected_error, [v for _, _, v in pairs], [r["inputs"]["series"] for r, _, _ in pairs])
+    return _cg(records, lambda r: r["inputs"]["rational"][0])
 
 
 def _regress(records: Sequence[Record], y: Callable[[Record], float], x: Callable[[Record], float]) -> Estimate:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from fairtune.forecasting.panel import ForecastQuery, PanelSpec, panel_queries
+from fairtune.forecasting.posterior import MODEL as POSTERIOR_MODEL
 from fairtune.forecasting.posterior import posterior_forecasts
 from fairtune.forecasting.prompts import answer_text
 
@@ -27,6 +28,10 @@ KIND = "rational-forecast"
 Target = Literal["posterior", "process"]
 TARGETS: tuple[str, ...] = get_args(Target)
 DEFAULT_TARGET: Target = "posterior"
+# What each target's answers are computed from. Stage keys include it, so that data cached under an
+# earlier model of the answer (the posterior once conditioned on the first value) is rebuilt.
+TARGET_MODELS: dict[str, str] = {"posterior": POSTERIOR_MODEL, "process": "the series' true process"}
+assert set(TARGET_MODELS) == set(TARGETS)
 
 
 def target_forecasts(query: ForecastQuery, target: str) -> tuple[float, ...]:

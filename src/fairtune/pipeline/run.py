@@ -139,7 +139,9 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
 
     train_files, data_key = [], stage_key(recipe.seed)
     for index, step in enumerate(recipe.data):
-        key = stage_key(step.model_dump(), recipe.seed, _files_key(step.args))
+        content = api.content_key(step.builder, step.args)
+        key = stage_key(step.model_dump(), recipe.seed, _files_key(step.args),
+                        *([content] if content is not None else []))   # keys of other builders unchanged
         target = run_stage(out / "data" / f"{index}-{step.builder}", key, lambda d, s=step: _build_data(
             api, s, d, recipe.seed, start_model), log, label=f"data/{index}-{step.builder}")
         train_files.append(str(target / "train.jsonl"))

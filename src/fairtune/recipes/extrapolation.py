@@ -21,9 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fairtune.forecasting.dataset import DEFAULT_TARGET, Target
+from fairtune.forecasting.dataset import DEFAULT_TARGET, TARGET_MODELS, Target
 from fairtune.forecasting.panel import SPLITS, TRAIN_PANELS, PanelSpec, held_out_axes
-from fairtune.forecasting.posterior import MODEL as POSTERIOR_MODEL
 from fairtune.forecasting.prompts import RATIONAL_SYSTEM_PROMPT
 from fairtune.io import atomic_open, write_json
 from fairtune.pipeline.stages import run_stage, stage_key
@@ -141,9 +140,8 @@ def run_extrapolation(recipe: ExtrapolationRecipe | None = None, *, out: str | P
         runs["prompt"][split] = audit_stage(f"audit-prompt-{split}", base_key, base_model, split,
                                             recipe.system_prompt)
 
-    target_model = POSTERIOR_MODEL if recipe.target == "posterior" else None
-    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.target, target_model,
-                         recipe.seed)
+    data_key = stage_key([p.model_dump(mode="json") for p in recipe.train_panels], recipe.target,
+                         TARGET_MODELS[recipe.target], recipe.seed)
     data_dir = _stage(out, "data", data_key, lambda d: forecasts(out=d, seed=recipe.seed, force=True,
                                                                 panels=recipe.train_panels, target=recipe.target),
                       log)
