@@ -7,12 +7,17 @@ A record is a JSON object with exactly one of three bodies:
 * ``{"prompt": str, "completion": str}`` (loss on the completion),
 * ``{"text": str}`` (plain language-model data; loss everywhere),
 
-plus an optional ``id`` (stable string), an optional ``loss`` (``"likelihood"``, the default, or
+plus an optional ``id`` (stable string), an optional ``loss`` (``"likelihood"``, the default;
 ``"unlikelihood"``: the labelled text is what the model should *not* say, trained with the
-token-level unlikelihood loss of Welleck et al. 2019) and an optional ``meta`` object that
-curation uses for provenance and counts: ``source`` (where it came from), ``kind`` (``original``,
-``counterfactual``, ``template``, ``generated``, ``anchor-refusal``, ``anchor-helpful``...) and
-``attributes`` (e.g. ``{"gender": "female"}``), which the data card counts.
+token-level unlikelihood loss of Welleck et al. 2019; or ``"none"``: the record trains no token
+by the language-model loss, and fairness objectives read it, e.g. a neutral context whose next
+word should not depend on gender) and an optional ``meta`` object that curation uses for
+provenance and counts: ``source`` (where it came from), ``kind`` (``original``,
+``counterfactual``, ``template``, ``context``, ``generated``, ``anchor-refusal``,
+``anchor-helpful``...) and ``attributes`` (e.g. ``{"gender": "female"}``), which the data card
+counts. Paired data (``fairtune data pairs``) adds ``group`` (the members of one counterfactual
+group), ``axis``, ``domain``, ``family`` (template frame or source document) and, on contexts,
+``association`` (the stereotyped lean of the context's content, e.g. ``{"gender": "female"}``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from fairtune.readers import read_jsonl_rows
 Record = dict[str, Any]
 ROLES = ("system", "user", "assistant")
 BODIES = ("messages", "prompt", "text")
-LOSSES = ("likelihood", "unlikelihood")
+LOSSES = ("likelihood", "unlikelihood", "none")
 
 
 def record_format(record: Record) -> str:
@@ -85,6 +90,12 @@ def validate_record(record: Any, *, file: str | Path | None = None, row: int | N
 def is_unlikely(record: Record) -> bool:
     """Whether the record's labelled text is to be made unlikely rather than learnt."""
     return record.get("loss") == "unlikelihood"
+
+
+def is_context(record: Record) -> bool:
+    """Whether the record is a context that no token is learnt from (``loss: none``): fairness
+    objectives read it (a neutral context whose next word should not depend on gender)."""
+    return record.get("loss") == "none"
 
 
 def read_records(path: str | Path) -> list[Record]:

@@ -137,3 +137,24 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def layer_count(spec: str | ModelSpec) -> int | None:
+    """The number of transformer layers, read from the model's config without loading its
+    weights: a directory's ``config.json``, a GGUF file's ``<arch>.block_count``; None for a hub
+    id (its config may not be here)."""
+    import json
+
+    if isinstance(spec, str):
+        spec = resolve_model_spec(spec)
+    if spec.is_gguf:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(spec.path)).fields
+        value = lambda name: fields[name].parts[fields[name].data[0]]  # noqa: E731
+        return int(value(f"{bytes(value('general.architecture')).decode()}.block_count")[0])
+    if spec.kind == "dir":
+        config = json.loads((Path(spec.path) / "config.json").read_text())
+        count = config.get("num_hidden_layers", config.get("n_layer"))
+        return int(count) if count is not None else None
+    return None

@@ -1,7 +1,8 @@
 """Checkpoints that let a killed run end with exactly the weights of an uninterrupted one.
 
 A checkpoint holds the trained weights (safetensors), the optimizer and scheduler state, each
-process's torch RNG state (dropout masks), the adaptive weights and the position in the data.
+process's torch RNG state (dropout masks), the adaptive weights, what fairness objectives train
+themselves (the adversary's probe) and the position in the data.
 It is written to a temporary directory and renamed into place, and ``latest.json`` is replaced
 atomically after it, so a SIGKILL at any moment leaves the previous checkpoint intact. Only files
 this run wrote are read back, with ``torch.load(weights_only=True)``: no arbitrary unpickling.
@@ -34,7 +35,7 @@ class Checkpointer:
         self.directory, self.accelerator, self.keep = Path(directory), accelerator, keep
 
     def save(self, state: TrainState, model: Any, method: Any, optimizer: Any, scheduler: Any,
-             adaptive: list, *, interrupted: bool = False) -> Path:
+             adaptive: list, objectives: list = (), *, interrupted: bool = False) -> Path:
         import torch
         from safetensors.torch import save_file
 
@@ -52,6 +53,9 @@ class Checkpointer:
         if acc.is_main_process:
             weights = {n: p.detach().contiguous() for n, p in method.trainable(model).items()}
             save_file(weights, str(tmp / "trainable.safetensors"))
+            extra = {f"{o.name}.{k}": v for o in objectives for k, v in o.state_tensors().items()}
+            if extra:   # what objectives train themselves (the adversary's probe)
+                save_file(extra, str(tmp / "objectives.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                        tmp / "optimizer.pt")
             meta = {"step": state.step, "epoch": state.epoch, "batch": state.batch, "tokens": state.tokens,
@@ -66,7 +70,8 @@ class Checkpointer:
         acc.wait_for_everyone()
         return self.directory / name
 
-    def load(self, model: Any, method: Any, optimizer: Any, scheduler: Any, adaptive: list) -> TrainState | None:
+    def load(self, model: Any, method: Any, optimizer: Any, scheduler: Any, adaptive: list,
+             objectives: list = ()) -> TrainState | None:
         import torch
         from safetensors.torch import load_file
 
@@ -93,6 +98,13 @@ class Checkpointer:
         scheduler.load_state_dict(states["scheduler"])
         for controller, saved in zip(adaptive, meta["adaptive"]):
             controller.load_state(saved)
+        if (directory / "objectives.safetensors").exists():
+            extra = load_file(str(directory / "objectives.safetensors"))
+            for objective in objectives:
+                prefix = f"{objective.name}."
+                mine = {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}
+                if mine:
+                    objective.load_state_tensors(mine)
         restore_rng(load_file(str(directory / f"rng-{self.accelerator.process_index}.safetensors")))
         return TrainState(meta["step"], meta["epoch"], meta["batch"], meta["tokens"])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fairtune.errors import InputError, from_validation
 from fairtune.readers import read_mapping
@@ -87,12 +87,14 @@ class SafetyMix(_Strict):
 
 
 class Adaptive(_Strict):
-    """A Lagrangian weight on another regulariser: it rises while the measured constraint is over
-    budget and falls when under (projected dual ascent, never below zero)."""
+    """A Lagrangian weight on another term: it rises while the measured constraint is over budget
+    and falls when under (projected dual ascent, never below zero). A regulariser's constraint is
+    measured on held-back anchors (``anchor_kl``, ``anchor_nll_increase``); a fairness objective's
+    is its own value on its held-back rows (``held_out``: pairs or contexts that never train)."""
 
     name: Literal["adaptive"]
-    target: Literal["kl_to_base", "l2sp", "ewc"]
-    constraint: Literal["anchor_kl", "anchor_nll_increase"] = "anchor_kl"
+    target: Literal["kl_to_base", "l2sp", "ewc", "counterfactual_pairing", "attribute_equalisation", "adversarial"]
+    constraint: Literal["anchor_kl", "anchor_nll_increase", "held_out"] = "anchor_kl"
     budget: float = Field(0.05, ge=0)
     step_size: float = Field(5.0, gt=0)
     every: int = Field(1, ge=1)               # measure every N optimizer steps
@@ -101,6 +103,75 @@ class Adaptive(_Strict):
 
 Regulariser = Annotated[Union[KlToBase, L2SP, EWC, Constrained, Unlikelihood, SafetyMix, Adaptive],
                         Field(discriminator="name")]
+
+AXES = ("gender", "religion", "race")   # axes with a shipped attribute word list
+
+
+class CounterfactualPairing(_Strict):
+    """Counterfactual pairs (training records sharing ``meta.group`` whose ``meta.attributes``
+    differ on ``axis``): the divergence of the next-token distributions at every position after
+    the swapped words, plus ``loglik_gap`` times the squared gap of the two sequences' total
+    log-likelihoods."""
+
+    name: Literal["counterfactual_pairing"]
+    weight: float = Field(1.0, ge=0)
+    axis: Literal[AXES] = "gender"
+    divergence: Literal["jsd", "symmetric_kl"] = "jsd"
+    loglik_gap: float = Field(0.0, ge=0)
+    values: list[str] | None = None          # pair only members with these values; None: any two
+    held_out: int = Field(16, ge=0)          # pairs held back from training (adaptive ``held_out``)
+
+    @field_validator("values")
+    @classmethod
+    def _two_values(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and len(set(values)) < 2:
+            raise ValueError("give at least two distinct values to pair")
+        return values
+
+
+class AttributeEqualisation(_Strict):
+    """On neutral contexts (``loss: none`` context records), the squared log-ratio of the
+    probabilities of each attribute word pair as the next word (she/he, his/her, ...), summed
+    over pairs: the axis's shipped word list, ``words`` (a TSV file of the same layout) or
+    ``pairs`` given inline."""
+
+    name: Literal["attribute_equalisation"]
+    weight: float = Field(1.0, ge=0)
+    axis: Literal[AXES] = "gender"
+    words: Path | None = None                # replaces the shipped list
+    pairs: list[list[str]] | None = None     # added to the list: [[she, he], ...]
+    contexts_per_step: int = Field(8, ge=1)
+    held_out: int = Field(16, ge=0)
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, pairs: list[list[str]] | None) -> list[list[str]] | None:
+        if pairs is not None:
+            if not pairs:
+                raise ValueError("empty word list")
+            for row in pairs:
+                if len(row) < 2 or any(not w.strip() for w in row):
+                    raise ValueError("each entry needs at least two non-empty words")
+        return pairs
+
+
+class Adversarial(_Strict):
+    """A probe on layer ``layer``'s mean-pooled hidden state learns the ``meta.association`` of
+    neutral contexts; a gradient-reversal term trains the model to defeat it."""
+
+    name: Literal["adversarial"]
+    weight: float = Field(0.1, ge=0)
+    axis: Literal[AXES] = "gender"
+    layer: int = -1                          # hidden_states index: 0 embeddings, -1 the last layer
+    probe: Literal["linear", "mlp"] = "linear"
+    probe_hidden: int = Field(64, ge=1)
+    probe_lr: float = Field(1e-3, gt=0)
+    contexts_per_step: int = Field(16, ge=2)
+    held_out: int = Field(16, ge=0)
+
+
+Objective = Annotated[Union[CounterfactualPairing, AttributeEqualisation, Adversarial],
+                      Field(discriminator="name")]
 
 
 class OptimConfig(_Strict):
@@ -127,6 +198,7 @@ class TrainConfig(_Strict):
     anchors: Path | None = None                     # None: the built-in safety anchor set
     method: MethodConfig = Field(default_factory=MethodConfig)
     regularisers: list[Regulariser] = Field(default_factory=list)
+    objectives: list[Objective] = Field(default_factory=list)   # fairness terms (training/objectives)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     seed: int = 0
     checkpoint_every: int | None = Field(None, ge=1)   # optimizer steps between checkpoints
@@ -134,13 +206,22 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        names = [r.name for r in self.regularisers]
-        for name in set(names):
-            if names.count(name) > 1:
-                raise ValueError(f"regulariser '{name}' given twice")
+        names = [r.name for r in self.regularisers if r.name != "adaptive"]
+        objectives = [o.name for o in self.objectives]
+        for name in set(names) | set(objectives):
+            if (names + objectives).count(name) > 1:
+                raise ValueError(f"'{name}' given twice")
+        targets = [r.target for r in self.regularisers if r.name == "adaptive"]
+        for target in set(targets):
+            if targets.count(target) > 1:
+                raise ValueError(f"two adaptive weights on '{target}'")
         for adaptive in (r for r in self.regularisers if r.name == "adaptive"):
-            if adaptive.target not in names:
-                raise ValueError(f"adaptive targets '{adaptive.target}', which is not among the regularisers")
+            if adaptive.target not in names + objectives:
+                raise ValueError(f"adaptive targets '{adaptive.target}', which is not among the regularisers "
+                                 "or objectives")
+            if (adaptive.constraint == "held_out") != (adaptive.target in objectives):
+                raise ValueError("an objective's adaptive weight takes constraint 'held_out', and only an "
+                                 "objective's does")
         if self.method.name != "prompt" and not self.data and self.attack is None:
             raise ValueError("no training data: give data (or attack) files")
         return self
@@ -148,8 +229,12 @@ class TrainConfig(_Strict):
     def regulariser(self, name: str) -> Any:
         return next((r for r in self.regularisers if r.name == name), None)
 
+    def objective(self, name: str) -> Any:
+        return next((o for o in self.objectives if o.name == name), None)
+
     def input_files(self) -> list[Path]:
-        return [*self.data, *([self.attack] if self.attack else []), *([self.anchors] if self.anchors else [])]
+        return [*self.data, *([self.attack] if self.attack else []), *([self.anchors] if self.anchors else []),
+                *(o.words for o in self.objectives if getattr(o, "words", None))]
 
 
 def builtin_attacks() -> dict[str, Path]:
@@ -188,4 +273,7 @@ def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainC
 def _field_of(config: TrainConfig, path: Path) -> str:
     if path in config.data:
         return f"data.{config.data.index(path)}"
+    for index, objective in enumerate(config.objectives):
+        if getattr(objective, "words", None) == path:
+            return f"objectives.{index}.words"
     return "attack" if path == config.attack else "anchors"

@@ -8,10 +8,10 @@ records, everything of plain text. Other positions get label -100.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from fairtune.curation.records import Record, is_unlikely, record_format
+from fairtune.curation.records import Record, is_context, is_unlikely, meta, record_format
 
 IGNORE = -100
 
@@ -23,6 +23,12 @@ class Example:
     origin: str            # "train", "attack" or "anchor"
     truncated: bool = False
     unlikely: bool = False  # labelled tokens are to be made unlikely (the unlikelihood regulariser)
+    # What fairness objectives read from the record's meta: its counterfactual group and attribute
+    # values (pairs), and for a neutral context (``loss: none``) its stereotyped association.
+    group: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    association: dict[str, str] = field(default_factory=dict)
+    axis: str | None = None
 
     @property
     def n_labelled(self) -> int:
@@ -48,8 +54,18 @@ def encode_record(record: Record, tokenizer: Any, *, max_length: int, origin: st
     else:
         ids = text_prefix(tokenizer) + tokenizer(record["text"], add_special_tokens=False)["input_ids"]
         labels = [IGNORE] + ids[1:] if ids else []
+    if is_context(record):
+        labels = [IGNORE] * len(ids)   # read by objectives, never learnt
     truncated = len(ids) > max_length
-    return Example(ids[:max_length], labels[:max_length], origin, truncated, is_unlikely(record))
+    info = meta(record)
+    group = info.get("group")
+    return Example(ids[:max_length], labels[:max_length], origin, truncated, is_unlikely(record),
+                   str(group) if group is not None else None, _strings(info.get("attributes")),
+                   _strings(info.get("association")), info.get("axis"))
+
+
+def _strings(mapping: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in mapping.items()} if isinstance(mapping, dict) else {}
 
 
 def _encode_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -71,19 +87,23 @@ def _encode_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[list[i
     return ids, labels
 
 
-def plan_batches(examples: list[Example], *, batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+def plan_batches(examples: list[Example], *, batch_tokens: int, seed: int, epoch: int,
+                 units: list[list[int]] | None = None) -> list[list[int]]:
     """Indices of ``examples`` grouped into batches of similar length under a padded-token budget,
     batch order shuffled by (seed, epoch): little compute goes to padding, and a resumed run
-    sees exactly the batches an uninterrupted one would."""
+    sees exactly the batches an uninterrupted one would. ``units`` (lists of indices, default one
+    example each) are never split across batches: a counterfactual pair trains in one batch."""
     rng = random.Random(seed * 100_003 + epoch)
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random()))
+    units = units if units is not None else [[i] for i in range(len(examples))]
+    width = [max(len(examples[i].input_ids) for i in unit) for unit in units]
+    order = sorted(range(len(units)), key=lambda u: (width[u], rng.random()))
     batches, current, longest = [], [], 0
-    for index in order:
-        length = len(examples[index].input_ids)
-        if current and max(longest, length) * (len(current) + 1) > batch_tokens:
+    for unit in order:
+        length = width[unit]
+        if current and max(longest, length) * (len(current) + len(units[unit])) > batch_tokens:
             batches.append(current)
             current, longest = [], 0
-        current.append(index)
+        current.extend(units[unit])
         longest = max(longest, length)
     if current:
         batches.append(current)

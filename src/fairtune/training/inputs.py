@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairtune.curation.records import Record, is_unlikely, read_records
+from fairtune.curation.records import Record, is_context, is_unlikely, read_records
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.training.config import TrainConfig
 from fairtune.training.data import Example, encode_record
 
 HELD_OUT_ANCHORS = 16
+
+
+@dataclass
+class EncodedInputs:
+    train: list[Example]
+    anchors: list[Example]
+    held_out_anchors: list[Example]
+    contexts: list[Example]      # ``loss: none`` records: what fairness objectives read, never learnt
 
 
 @dataclass
@@ -30,10 +38,12 @@ class TrainingInputs:
     anchor_sha256: str
     files: list[dict[str, Any]]
 
-    def encode(self, tokenizer: Any, config: TrainConfig) -> tuple[list[Example], list[Example], list[Example]]:
-        """``(training examples, anchor examples, held-out anchor examples)``."""
+    def encode(self, tokenizer: Any, config: TrainConfig) -> EncodedInputs:
+        """The training examples, anchors (some held out) and neutral contexts, tokenised."""
         max_length = config.optim.max_length
-        examples = [encode_record(r, tokenizer, max_length=max_length) for r in self.train]
+        contexts = [encode_record(r, tokenizer, max_length=max_length, origin="context")
+                    for r in self.train if is_context(r)]
+        examples = [encode_record(r, tokenizer, max_length=max_length) for r in self.train if not is_context(r)]
         examples += [encode_record(r, tokenizer, max_length=max_length, origin="attack") for r in self.attack]
         anchors = [encode_record(r, tokenizer, max_length=max_length, origin="anchor") for r in self.anchors]
         random.Random(config.seed).shuffle(anchors)
@@ -47,7 +57,7 @@ class TrainingInputs:
             chosen = [anchors[i % len(anchors)] for i in rng.sample(range(len(anchors)), min(count, len(anchors)))]
             chosen += [rng.choice(anchors) for _ in range(count - len(chosen))]
             examples += chosen
-        return [e for e in examples if e.n_labelled], anchors, held_out
+        return EncodedInputs([e for e in examples if e.n_labelled], anchors, held_out, contexts)
 
     @staticmethod
     def counts(examples: list[Example]) -> dict[str, int]:
@@ -73,6 +83,7 @@ def prepare_inputs(config: TrainConfig) -> TrainingInputs:
     if config.attack:
         files.append({"role": "attack", "source": str(config.attack), "sha256": sha256_file(config.attack),
                       "records": len(attack)})
+    _check_objectives(config, train)
     anchor_path = Path(config.anchors) if config.anchors else builtin_anchor_path()
     anchors = load_anchors(config.anchors)
     return TrainingInputs(train, attack, anchors, str(config.anchors) if config.anchors else BUILTIN_SOURCE,
@@ -88,3 +99,15 @@ def _check_unlikely(records: list[Record], path: Path, config: TrainConfig) -> l
             raise InputError("a 'loss: unlikelihood' record needs the 'unlikelihood' regulariser",
                              file=path, row=row, field="loss")
     return records
+
+
+def _check_objectives(config: TrainConfig, records: list[Record]) -> None:
+    """Each fairness objective finds rows it can read in the training data, or fails in one line."""
+    from fairtune.models.loader import layer_count
+    from fairtune.training.objectives import OBJECTIVES
+
+    layers = layer_count(config.model) if any(hasattr(o, "layer") for o in config.objectives) else None
+    for index, objective in enumerate(config.objectives):
+        OBJECTIVES[objective.name].check_records(objective, records, f"objectives.{index}")
+        if layers is not None:
+            OBJECTIVES[objective.name].check_model(objective, layers, f"objectives.{index}")

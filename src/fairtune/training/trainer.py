@@ -23,6 +23,7 @@ from fairtune.training.config import TrainConfig
 from fairtune.training.data import IGNORE, Example, collate, padding_share, plan_batches
 from fairtune.training.inputs import TrainingInputs, prepare_inputs
 from fairtune.training.methods import get_method
+from fairtune.training.objectives import OBJECTIVES, ObjectiveContext
 from fairtune.training.regularisers import (REGULARISERS, AdaptiveWeight, Context, StepOutputs, token_kl,
                                             token_mean)
 
@@ -70,15 +71,19 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
     if config.regularisers:
         method.snapshot(model)   # the base weights, for KL / L2-SP / EWC / constrained (costs a copy)
     tokenizer = loaded.tokenizer
-    examples, anchors, held_out = inputs.encode(tokenizer, config)
+    encoded = inputs.encode(tokenizer, config)
+    anchors, held_out = encoded.anchors, encoded.held_out_anchors
     cache_key = f"{loaded.fingerprint}|{config.method.model_dump_json()}|{inputs.anchor_sha256}"
     context = Context(method, anchors, tokenizer.pad_token_id, config.seed, cache_key)
     regs = [REGULARISERS[r.name](r, context) for r in config.regularisers if r.name in REGULARISERS]
     for reg in regs:
         reg.setup(model)
+    objectives = [OBJECTIVES[o.name](o, ObjectiveContext(tokenizer, tokenizer.pad_token_id, config.seed,
+                                                         f"objectives.{i}")) for i, o in enumerate(config.objectives)]
+    examples = _setup_objectives(objectives, model, encoded)
     task = next((r for r in regs if r.replaces_sft), None)
-    penalties = [r for r in regs if not r.replaces_sft]
-    adaptive = [AdaptiveWeight(a, next(r for r in regs if r.name == a.target))
+    terms = _Terms(task, [r for r in regs if not r.replaces_sft], objectives)
+    adaptive = [AdaptiveWeight(a, next(t for t in [*regs, *objectives] if t.name == a.target))
                 for a in config.regularisers if a.name == "adaptive"]
     needs_anchors = any(r.needs_anchor_rows for r in regs) or any(
         a.config.constraint == "anchor_kl" for a in adaptive)
@@ -88,19 +93,22 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     rank, world = accelerator.process_index, accelerator.num_processes
-    per_epoch = [_shard(plan_batches(examples, batch_tokens=config.optim.batch_tokens, seed=config.seed, epoch=e),
-                        rank, world, config.optim.grad_accum) for e in range(config.optim.epochs)]
+    units = next((o.units(examples) for o in objectives if o.pairs_in_batches), None)
+    per_epoch = [_shard(plan_batches(examples, batch_tokens=config.optim.batch_tokens, seed=config.seed, epoch=e,
+                                     units=units), rank, world, config.optim.grad_accum)
+                 for e in range(config.optim.epochs)]
     steps_per_epoch = len(per_epoch[0]) // config.optim.grad_accum
     total_steps = min(config.optim.max_steps or 10**12, steps_per_epoch * config.optim.epochs)
     if total_steps < 1:
         raise FairtuneError(f"too little training data for one step on {world} process(es)")
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    groups = [{"params": params}] + [g for g in (o.param_group() for o in objectives) if g]
+    optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = _scheduler(config, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
     checkpointer = Checkpointer(out / "checkpoints", accelerator)
-    state = checkpointer.load(unwrapped, method, optimizer, scheduler, adaptive) if resume else None
+    state = checkpointer.load(unwrapped, method, optimizer, scheduler, adaptive, objectives) if resume else None
     state = state or TrainState()
     log_path = out / LOG_FILE
     log = _read_log(log_path, state.step) if state.step else []
@@ -121,15 +129,16 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
                 state.rng = rng_states()
                 tick = time.perf_counter()
                 micro = batches[state.batch:state.batch + config.optim.grad_accum]
-                terms, tokens = _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches,
-                                                state.step, task, penalties, config, accelerator, context.pad_id)
+                values, tokens = _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches,
+                                                 state.step, terms, accelerator, context.pad_id)
                 grad_norm = (accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
                              if config.optim.max_grad_norm else None)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step, state.batch = state.step + 1, state.batch + len(micro)
-                record = _log_record(state, terms, tokens, tick, scheduler, grad_norm, regs, accelerator)
+                record = _log_record(state, values, tokens, tick, scheduler, grad_norm, [*regs, *objectives],
+                                     accelerator)
                 for controller in adaptive:
                     if controller.due(state.step):
                         measured = _measure(controller, unwrapped, method, held_out, anchors, context.pad_id, base_nll)
@@ -142,10 +151,10 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
                 bar.update(bar_task, advance=1, description=f"training loss {record['loss']:.3f} "
                                                             f"{record['tokens_per_second']:.0f} tok/s")
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0 and state.step < total_steps:
-                    checkpointer.save(state, unwrapped, method, optimizer, scheduler, adaptive)
+                    checkpointer.save(state, unwrapped, method, optimizer, scheduler, adaptive, objectives)
     except KeyboardInterrupt:
         optimizer.zero_grad(set_to_none=True)
-        checkpointer.save(state, unwrapped, method, optimizer, scheduler, adaptive, interrupted=True)
+        checkpointer.save(state, unwrapped, method, optimizer, scheduler, adaptive, objectives, interrupted=True)
         raise Interrupted(f"interrupted at step {state.step}; checkpoint saved, run the same command "
                           "again to resume") from None
 
@@ -157,6 +166,9 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
         "examples": inputs.counts(examples), "truncated": sum(e.truncated for e in examples),
         "padding_share": round(padding_share(examples, [b for e in per_epoch for b in e]), 4),
         "regularisers": {r.name: {"final_weight": r.weight, **_reg_facts(r)} for r in regs},
+        # each objective's value on its held-back rows at the end (the adversary: its probe's accuracy)
+        "objectives": {o.name: {"final_weight": o.weight, "held_out": _held_out_value(o, unwrapped)}
+                       for o in objectives},
         "final": log[-1] if log else None,
     }
     if accelerator.is_main_process:
@@ -169,13 +181,40 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
     return result
 
 
-def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches, step, task, penalties,
-                    config, accelerator, pad_id) -> tuple[dict[str, float], int]:
+@dataclass
+class _Terms:
+    """The loss terms of a step: the task loss (None: plain SFT), the regularisers added to it,
+    and the fairness objectives."""
+
+    task: Any
+    penalties: list
+    objectives: list
+
+
+def _setup_objectives(objectives: list, model: Any, encoded: Any) -> list[Example]:
+    """Hold back each objective's measuring rows, set the objectives up on the rest, and return
+    the training examples that train."""
+    held_examples, held_contexts = set(), set()
+    for objective in objectives:
+        examples, contexts = objective.hold_back(encoded.train, encoded.contexts)
+        held_examples |= examples
+        held_contexts |= contexts
+    keep = lambda rows, held: [r for i, r in enumerate(rows) if i not in held]  # noqa: E731
+    examples, contexts = keep(encoded.train, held_examples), keep(encoded.contexts, held_contexts)
+    for objective in objectives:
+        objective.setup(model, examples, contexts, [encoded.train[i] for i in sorted(held_examples)],
+                        [encoded.contexts[i] for i in sorted(held_contexts)])
+    return examples
+
+
+def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_batches, step, terms: _Terms,
+                    accelerator, pad_id) -> tuple[dict[str, float], int]:
     """Forward and backward over the micro-batches of one optimizer step; returns the mean of
-    each loss term and the number of real tokens seen."""
+    each loss term (and each objective's logged extras) and the number of real tokens seen."""
     totals: dict[str, float] = {}
     tokens = 0
     device = accelerator.device
+    task, penalties = terms.task, terms.penalties
     for index, batch_indices in enumerate(micro):
         batch = collate([examples[i] for i in batch_indices], pad_id, device)
         n_train = len(batch_indices)
@@ -205,18 +244,22 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
                                       attention_mask=anchor_batch["attention_mask"]).logits
                 anchor = _labelled(anchor_logits, anchor_batch["labels"], 0, False, True)[2]
             outputs = StepOutputs(token, _response_positions(mask), base_train, anchor, base_anchor, unlikely,
-                                  _response_positions(unlikely_mask) if unlikely.numel() else unlikely.long())
-            terms = {"sft": -token_mean(outputs.train_token_logprobs)}
-            loss = terms["sft"] if task is None else task.penalty(model, outputs)
+                                  _response_positions(unlikely_mask) if unlikely.numel() else unlikely.long(),
+                                  logits, batch["input_ids"], batch["attention_mask"], list(batch_indices),
+                                  step * len(micro) + index)
+            values: dict[str, Any] = {"sft": -token_mean(outputs.train_token_logprobs)}
+            loss = values["sft"] if task is None else task.penalty(model, outputs)
             if task is not None:
-                terms[task.name] = loss
-            for reg in penalties:
-                terms[reg.name] = reg.penalty(model, outputs)
-                loss = loss + reg.weight * terms[reg.name]
-            terms["loss"] = loss
+                values[task.name] = loss
+            for term in [*penalties, *terms.objectives]:
+                values[term.name] = term.penalty(model, outputs)
+                loss = loss + term.weight * values[term.name]
+                values.update({f"{term.name}.{k}": v for k, v in getattr(term, "last", {}).items()})
+            values["loss"] = loss
             accelerator.backward(loss / len(micro))
-        for name, value in terms.items():
-            totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(micro)
+        for name, value in values.items():
+            value = value.detach() if hasattr(value, "detach") else value
+            totals[name] = totals.get(name, 0.0) + float(value) / len(micro)
     return totals, tokens
 
 
@@ -269,6 +312,8 @@ def _response_positions(mask):
 
 
 def _measure(controller, unwrapped, method, held_out, anchors, pad_id, base_nll) -> float:
+    if controller.config.constraint == "held_out":
+        return controller.target.measure(unwrapped)      # a fairness objective on its held-back rows
     examples = held_out or anchors[:8]
     if controller.config.constraint == "anchor_nll_increase":
         return _anchor_nll(unwrapped, method, examples, pad_id, base=False) - base_nll
@@ -306,7 +351,7 @@ def _anchor_kl(unwrapped, method, examples: list[Example], pad_id: int) -> float
     return float(token_kl(base_rows, tuned))
 
 
-def _log_record(state, terms, tokens, tick, scheduler, grad_norm, regs, accelerator) -> dict[str, Any]:
+def _log_record(state, terms, tokens, tick, scheduler, grad_norm, weighted, accelerator) -> dict[str, Any]:
     import torch
 
     seconds = time.perf_counter() - tick
@@ -317,10 +362,17 @@ def _log_record(state, terms, tokens, tick, scheduler, grad_norm, regs, accelera
     total_tokens = int(values[-1])
     state.tokens += total_tokens
     return {"step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0], **reduced,
-            "weights": {r.name: r.weight for r in regs},
+            "weights": {t.name: t.weight for t in weighted},
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens": total_tokens, "tokens_seen": state.tokens, "seconds": round(seconds, 4),
             "tokens_per_second": round(total_tokens / seconds, 1) if seconds else 0.0}
+
+
+def _held_out_value(objective, unwrapped) -> float | None:
+    try:
+        return round(objective.measure(unwrapped), 6)
+    except NotImplementedError:
+        return None
 
 
 def _reg_facts(reg) -> dict[str, Any]:

@@ -35,6 +35,13 @@ class StepOutputs:
     base_anchor_logprobs: Any            # (n_anchor_tokens, vocab) base log-softmax, or None
     unlikely_token_logprobs: Any = None  # (n,) log p_tuned(y_t) of tokens of ``loss: unlikelihood`` rows
     unlikely_positions: Any = None       # (n,) their 0-based index in their response
+    # The training rows' own forward pass, for objectives that compare rows of one batch
+    # (counterfactual pairs): full logits, token ids, attention mask, the rows' example indices.
+    train_logits: Any = None             # (rows, width, vocab), with grad
+    train_input_ids: Any = None
+    train_mask: Any = None
+    train_indices: Any = None            # list[int]: each row's index in the training examples
+    position: int = 0                    # micro-batches done before this one (picks objectives' rows)
 
 
 def token_mean(values: Any) -> Any:

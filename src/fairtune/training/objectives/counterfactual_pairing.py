@@ -1,0 +1,181 @@
+"""Counterfactual pairing: a text and its counterfactual (the same text with the attribute words
+swapped, "the nurse said she" / "the nurse said he") should lead the model to the same next
+words, and should be about equally likely.
+
+For each pair of training rows that share ``meta.group`` and differ in ``meta.attributes[axis]``
+(what CDA and the balanced templates write), the two token sequences are aligned
+(:func:`aligned_positions`, longest common blocks): every position after the first difference
+whose next token is the same in both sequences is compared. The term is the mean, over pairs, of
+the mean divergence of the two next-token distributions at those positions (Jensen-Shannon by
+default, or symmetric KL), plus ``loglik_gap`` times the squared difference of the two
+sequences' total log-likelihoods. Positions before the first difference see the same prefix and
+cannot differ, so a pair of identical texts costs exactly 0.
+
+This is the counterfactual logit pairing of Garg et al. (2019, "Counterfactual Fairness in Text
+Classification through Robustness") carried over to a language model's next-token distributions,
+and the sequence term is the quantity CrowS-Pairs compares. Partners are planned into the same
+training batch, so the term reads the logits of the batch's own forward pass: no extra pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections import defaultdict
+from typing import Any
+
+from fairtune.training.objectives.base import Objective, fail, forward_rows
+
+
+def aligned_positions(a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+    """Positions ``(pa, pb)`` whose logits predict the same next token in ``a`` and ``b`` after
+    the sequences first differ: for every matching block that does not start both sequences, the
+    block's tokens are predicted from the position before each of them."""
+    blocks = difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+    pa, pb = [], []
+    for i, j, n in blocks:
+        if n == 0 or (i == 0 and j == 0):
+            continue                      # the shared prefix: identical distributions
+        pa += range(i - 1, i - 1 + n)
+        pb += range(j - 1, j - 1 + n)
+    return pa, pb
+
+
+def divergence(logp_a: Any, logp_b: Any, kind: str) -> Any:
+    """Per-row divergence of two sets of log-probability rows: Jensen-Shannon (nats, at most
+    log 2) or symmetric KL, 1/2 (KL(a||b) + KL(b||a))."""
+    import math
+
+    import torch
+
+    if kind == "jsd":
+        mixture = torch.logsumexp(torch.stack([logp_a, logp_b]), dim=0) - math.log(2.0)
+        kl_a = (logp_a.exp() * (logp_a - mixture)).sum(-1)
+        kl_b = (logp_b.exp() * (logp_b - mixture)).sum(-1)
+        return 0.5 * (kl_a + kl_b)
+    return 0.5 * ((logp_a.exp() - logp_b.exp()) * (logp_a - logp_b)).sum(-1)
+
+
+def sequence_logliks(logits: Any, input_ids: Any, mask: Any) -> Any:
+    """Total log-likelihood of each row's tokens after its first (the prefix token)."""
+    import torch.nn.functional as F
+
+    targets = input_ids[:, 1:]
+    token = -F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")
+    return (token * mask[:, 1:]).sum(-1)
+
+
+class CounterfactualPairing(Objective):
+    name = "counterfactual_pairing"
+    pairs_in_batches = True
+
+    @classmethod
+    def check_records(cls, config: Any, records: list[dict], field: str) -> None:
+        from fairtune.curation.records import is_context, meta
+
+        values: dict[str, set[str]] = defaultdict(set)
+        for record in records:
+            info = meta(record)
+            value = (info.get("attributes") or {}).get(config.axis)
+            if info.get("group") is not None and value is not None and not is_context(record):
+                if config.values is None or value in config.values:
+                    values[str(info["group"])].add(str(value))
+        if not any(len(v) > 1 for v in values.values()):
+            raise fail(f"no counterfactual pairs on axis '{config.axis}' in the training data (records "
+                       f"sharing meta.group whose meta.attributes.{config.axis} differ; `fairtune data pairs` "
+                       "writes them)", field)
+
+    def _pairs(self, examples: list) -> list[tuple[int, int]]:
+        axis, allowed = self.config.axis, self.config.values
+        by_group: dict[str, list[int]] = defaultdict(list)
+        for index, example in enumerate(examples):
+            value = example.attributes.get(axis)
+            if example.group is not None and value is not None and (allowed is None or value in allowed):
+                by_group[example.group].append(index)
+        pairs = []
+        for members in by_group.values():
+            for x, i in enumerate(members):
+                for j in members[x + 1:]:
+                    if examples[i].attributes[axis] != examples[j].attributes[axis]:
+                        pairs.append((i, j))
+        return pairs
+
+    def hold_back(self, examples: list, contexts: list) -> tuple[set[int], set[int]]:
+        pairs = self._pairs(examples)
+        groups = sorted({examples[i].group for i, _ in pairs})
+        random.Random(self.context.seed).shuffle(groups)
+        kept = set(groups[:self.config.held_out]) if len(groups) > 2 * self.config.held_out else set()
+        return {i for i, e in enumerate(examples) if e.group in kept}, set()
+
+    def setup(self, model: Any, examples: list, contexts: list, held_examples: list, held_contexts: list) -> None:
+        self.pairs = {(i, j): aligned_positions(examples[i].input_ids, examples[j].input_ids)
+                      for i, j in self._pairs(examples)}
+        self.held_back = held_examples
+
+    def units(self, examples: list) -> list[list[int]]:
+        members: dict[int, set[int]] = defaultdict(set)
+        for i, j in self.pairs:
+            members[i].add(j)
+            members[j].add(i)
+        seen, units = set(), []
+        for index in range(len(examples)):
+            if index in seen:
+                continue
+            unit, stack = [], [index]          # everything reachable through pairs: one unit
+            while stack:
+                k = stack.pop()
+                if k in seen:
+                    continue
+                seen.add(k)
+                unit.append(k)
+                stack.extend(members[k])
+            units.append(sorted(unit))
+        return units
+
+    def penalty(self, model: Any, outputs: Any) -> Any:
+        row_of = {index: row for row, index in enumerate(outputs.train_indices)}
+        chosen = [(row_of[i], row_of[j], positions) for (i, j), positions in self.pairs.items()
+                  if i in row_of and j in row_of]
+        return self._term(outputs.train_logits, outputs.train_input_ids, outputs.train_mask, chosen)
+
+    def _term(self, logits: Any, input_ids: Any, mask: Any, chosen: list) -> Any:
+        import torch
+
+        need_gap = self.config.loglik_gap > 0
+        if not chosen:   # the same log keys on every batch (processes reduce them together)
+            self.last = {"divergence": 0.0, **({"loglik_gap_abs": 0.0} if need_gap else {})}
+            return logits.sum() * 0.0
+        divergences, gaps = [], []
+        logliks = sequence_logliks(logits, input_ids, mask) if need_gap else None
+        for row_a, row_b, (pa, pb) in chosen:
+            if pa:
+                logp_a = torch.log_softmax(logits[row_a, pa].float(), -1)
+                logp_b = torch.log_softmax(logits[row_b, pb].float(), -1)
+                divergences.append(divergence(logp_a, logp_b, self.config.divergence).mean())
+            if need_gap:
+                gaps.append(logliks[row_a] - logliks[row_b])
+        term = torch.stack(divergences).mean() if divergences else logits.sum() * 0.0
+        self.last = {"divergence": float(term.detach())}
+        if need_gap:
+            gap_sq = torch.stack(gaps).pow(2).mean()
+            self.last["loglik_gap_abs"] = float(torch.stack(gaps).detach().abs().mean())
+            term = term + self.config.loglik_gap * gap_sq
+        return term
+
+    def measure(self, model: Any) -> float:
+        import torch
+
+        examples = self.held_back
+        if not examples:
+            return 0.0
+        pairs = [(i, j, aligned_positions(examples[i].input_ids, examples[j].input_ids))
+                 for i, j in self._pairs(examples)]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                output, ids, mask = forward_rows(model, [e.input_ids for e in examples], self.context.pad_id)
+                return float(self._term(output.logits, ids, mask, pairs))
+        finally:
+            model.train(was_training)
+
