@@ -152,7 +152,8 @@ def audits() -> None:
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Build and check training data: counterfactual augmentation, "
-                                                    "balanced templates, self-generated text, safety anchors.")
+                                                    "balanced templates, self-generated text, safety anchors, "
+                                                    "counterfactual pairs and contexts.")
 app.add_typer(data_app, name="data")
 
 OutOption = Annotated[Path, typer.Option(help="Directory for train.jsonl, validation.jsonl and the data card.")]
@@ -318,6 +319,40 @@ def data_forecasts(
     _run_data(lambda: api.forecasts(out=out, spec_file=spec, seed=seed, validation_fraction=validation,
                                     target=target, guard=_guard(against, embedding, allow_overlap, no_guard),
                                     force=force))
+
+
+@data_app.command("pairs")
+def data_pairs(
+    out: OutOption,
+    inputs: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="FILES", help="General text to pair: plain text (a blank line ends a document; WikiText's '= Title =' lines "
+             "start one) or JSONL records, streamed line by line.")] = None,
+    axis: Annotated[str, typer.Option(help="gender or religion.")] = "gender",
+    builtin: Annotated[bool, typer.Option("--builtin/--no-builtin", help="Include the built-in template families.")]
+        = True,
+    domain: Annotated[Optional[list[str]], typer.Option(
+        help="Built-in domain to include (repeatable; default all): occupations, traits, family, sports, "
+             "emotions, activities.")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option(help="At most this many pairs from the files (reading stops "
+                                                          "there) and from the built-in sources (a seeded sample).",
+                                                     min=1)] = None,
+    contexts: Annotated[bool, typer.Option("--contexts/--no-contexts", help="Include neutral contexts (loss: none) "
+                                                                           "for attribute equalisation and the "
+                                                                           "adversarial probe.")] = True,
+    against: AgainstOption = None, embedding: EmbeddingOption = None, allow_overlap: AllowOption = False,
+    no_guard: NoGuardOption = False,
+    validation: Annotated[float, typer.Option(help="Share of families (template frames, documents) held out for "
+                                                   "validation, in every domain.", min=0, max=0.9)] = 0.15,
+    seed: SeedOption = 0, force: ForceOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Counterfactual pairs and neutral contexts for fairness objectives (pairing, equalisation, adversarial)."""
+    from fairtune.curation import api
+
+    _run_data(lambda: api.pairs(tuple(inputs or ()), out=out, axis=axis, builtin=builtin, domains=domain,
+                                max_pairs=max_pairs, contexts=contexts, validation_fraction=validation, seed=seed,
+                                guard=_guard(against, embedding, allow_overlap, no_guard), force=force,
+                                progress=not quiet and sys.stderr.isatty()))
 
 
 @data_app.command("check")

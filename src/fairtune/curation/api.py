@@ -100,6 +100,55 @@ def safety_anchors(*, out: str | Path | None, anchors: str | Path | None = None,
                     validation_fraction=validation_fraction, seed=seed, guard=guard)
 
 
+def pairs(inputs: Sequence[str | Path] = (), *, out: str | Path | None, axis: str = "gender", builtin: bool = True,
+          domains: Sequence[str] | None = None, max_pairs: int | None = None, contexts: bool = True,
+          validation_fraction: float = 0.15, seed: int = 0, guard: GuardSettings | None = None,
+          force: bool = False, name: str | None = None, progress: bool = False) -> CurationResult:
+    """Paired counterfactual data and neutral contexts for fairness objectives
+    (:mod:`fairtune.curation.pairs`): our built-in template families of the chosen ``domains``
+    and, from ``inputs`` (plain text, WikiText or JSONL, streamed), windows of general text
+    swapped by CDA. ``max_pairs`` caps the pairs from the files (reading stops there) and,
+    separately, the built-in pairs (a seeded sample). Validation holds whole families (template
+    frames, documents) of every domain."""
+    from fairtune.curation import pairs as builder
+    from fairtune.curation.cda import term_counts
+    from fairtune.errors import InputError
+    from fairtune.io import prepare_out_dir
+
+    builder.check_axis(axis)
+    if not builtin and domains:
+        raise InputError("--domain selects built-in sources, and --no-builtin turns them off", field="domain")
+    chosen = builder.check_domains(domains) if builtin else ()
+    if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1):
+        raise InputError(f"max_pairs must be a positive whole number, got {max_pairs!r}", field="max_pairs")
+    if not builtin and not inputs:
+        raise InputError("nothing to build: give text or JSONL files, or keep the built-in sources")
+    if out is not None:
+        prepare_out_dir(out, force=force)   # refuse before a long read, not after
+
+    records: list[dict] = []
+    sources: list[Source] = []
+    if builtin:
+        made = builder.builtin_records(axis, domains=chosen, contexts=contexts, seed=seed)
+        if max_pairs is not None:
+            made = builder.sample_groups(made, max_pairs, seed)
+        records += made
+        sources.append(Source(builder.BUILTIN_SOURCE, len(made), builder.builtin_sha256()))
+    extra = None
+    if inputs:
+        corpus, stats = builder.corpus_records(inputs, axis=axis, seed=seed, max_pairs=max_pairs, progress=progress)
+        records += corpus
+        sources += [Source.from_file(f.file, f.records) for f in stats.files]
+        extra = {"corpus": stats.as_dict()}
+    return finalize(records, name=name or f"pairs-{axis}", builder="fairtune data pairs", sources=sources,
+                    settings={"axis": axis, "builtin": builtin, "domains": list(chosen), "max_pairs": max_pairs,
+                              "contexts": contexts},
+                    out=out, force=force, term_counter=lambda t: term_counts(t, (axis,)),
+                    validation_fraction=validation_fraction, seed=seed, guard=guard,
+                    near_threshold=0.85 if inputs else None, near_exempt_kinds=("template", "context"),
+                    split_by="family", extra=extra)
+
+
 def check(inputs: Sequence[str | Path], *, guard: GuardSettings | None = None,
           near_threshold: float | None = 0.85) -> CurationResult:
     """Validate existing training files and run the duplicate and contamination checks on them,

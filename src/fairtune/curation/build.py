@@ -71,14 +71,20 @@ def finalize(records: list[dict], *, name: str, builder: str, sources: list[Sour
              settings: dict[str, Any], out: str | Path | None = None, force: bool = False,
              before: list[dict] | None = None, term_counter: TermCounter | None = None,
              validation_fraction: float = 0.1, seed: int = 0, near_threshold: float | None = 0.85,
-             guard: GuardSettings | None = None) -> CurationResult:
-    """Deduplicate, check for contamination, split, describe and (with ``out``) write."""
+             guard: GuardSettings | None = None, near_exempt_kinds: tuple[str, ...] = (),
+             split_by: str = "group", extra: dict[str, Any] | None = None) -> CurationResult:
+    """Deduplicate, check for contamination, split, describe and (with ``out``) write.
+
+    ``near_exempt_kinds``: kinds of record whose groups skip the near-duplicate check (fillings of
+    one template share it by design); ``split_by``: ``group`` or ``family`` (see
+    :func:`fairtune.curation.hygiene.split`); ``extra``: more top-level sections of the card
+    (e.g. ``corpus``, what happened to every window of a streamed corpus)."""
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
     guard = guard or GuardSettings()
     steps = {"input": len(before) if before is not None else len(records), "built": len(records)}
     if not records:
         raise FairtuneError(f"{name}: no records to write (every input was dropped; see the counts above)")
-    kept, dedup = deduplicate(records, near_threshold=near_threshold, seed=seed)
+    kept, dedup = deduplicate(records, near_threshold=near_threshold, seed=seed, near_exempt_kinds=near_exempt_kinds)
     steps["after dedup"] = len(kept)
 
     report = None
@@ -98,23 +104,25 @@ def finalize(records: list[dict], *, name: str, builder: str, sources: list[Sour
                 + (f"see {out_dir / CONTAMINATION_FILE}; " if out_dir is not None else "")
                 + "remove them or pass --allow-overlap", report)
 
-    train, validation = split(kept, validation_fraction=validation_fraction, seed=seed)
+    train, validation = split(kept, validation_fraction=validation_fraction, seed=seed, by=split_by)
     card: dict[str, Any] = {
         "name": name, "builder": builder, "fairtune_version": _version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": [vars(s) for s in sources],
         "settings": {**settings, "seed": seed, "validation_fraction": validation_fraction,
-                     "near_threshold": near_threshold,
+                     "near_threshold": near_threshold, "split_by": split_by,
                      "guard": {k: [str(p) for p in v] if k == "benchmark_files" else v
                                for k, v in vars(guard).items()}},
         "steps": {**steps, "train": len(train), "validation": len(validation)},
         "counts": {"before": describe(before if before is not None else records, term_counter),
                    "after": describe(kept, term_counter),
                    "train": describe(train, term_counter), "validation": describe(validation, term_counter)},
-        "deduplication": {"near_threshold": near_threshold, "exact": dedup.exact, "near": dedup.near},
+        "deduplication": {"near_threshold": near_threshold, "exact": dedup.exact, "near": dedup.near,
+                          **({"near_exempt_kinds": list(near_exempt_kinds)} if near_exempt_kinds else {})},
         "contamination": ({**report.as_dict(), "allowed": bool(report.overlaps) and guard.allow_overlap}
                           if report is not None else None),
         "splits": {},
+        **(extra or {}),
     }
     if out_dir is not None:
         for split_name, file_name, rows in (("train", TRAIN_FILE, train), ("validation", VALIDATION_FILE, validation)):

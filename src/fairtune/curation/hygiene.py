@@ -4,6 +4,10 @@ Records that belong together carry the same ``meta.group`` (an original and its 
 one template filled with every attribute value). They differ by a word or two *by design*, so
 duplicate checks compare groups, not records: a group is kept or dropped whole, and never split
 across train and validation (which would leak the pair's other half into validation).
+
+Records may also carry ``meta.family``: the template frame (or, for corpus text, the document)
+that a group was made from. :func:`split` with ``by="family"`` holds out whole families, so that
+validation measures generalisation to frames and documents never trained on.
 """
 
 from __future__ import annotations
@@ -48,10 +52,15 @@ class DedupReport:
 
 
 def deduplicate(records: list[Record], *, near_threshold: float | None = 0.85, shingle: int = 3,
-                num_perm: int = 128, seed: int = 0) -> tuple[list[Record], DedupReport]:
+                num_perm: int = 128, seed: int = 0,
+                near_exempt_kinds: tuple[str, ...] = ()) -> tuple[list[Record], DedupReport]:
     """Drop exact duplicates (same normalised text) and near duplicates (MinHash estimate of the
     Jaccard similarity of word ``shingle``-grams at or above ``near_threshold``; ``None`` turns
-    the near check off). The first occurrence is kept; order is preserved."""
+    the near check off). The first occurrence is kept; order is preserved.
+
+    Groups whose records all have a ``meta.kind`` in ``near_exempt_kinds`` (e.g. ``template``,
+    ``context``: fillings of one frame share it by design) take no part in the near check; the
+    exact check still applies to them."""
     report = DedupReport()
     groups = {}
     for name, members in _groups(records).items():
@@ -70,8 +79,13 @@ def deduplicate(records: list[Record], *, near_threshold: float | None = 0.85, s
         seen_exact[text] = name
         kept_groups.append(name)
 
-    if near_threshold is not None and len(kept_groups) > 1:
-        kept_groups = _drop_near(groups, kept_groups, near_threshold, shingle, num_perm, seed, report)
+    if near_threshold is not None:
+        exempt = {name for name in kept_groups if near_exempt_kinds
+                  and all(meta(r).get("kind") in near_exempt_kinds for r in groups[name])}
+        candidates = [name for name in kept_groups if name not in exempt]
+        if len(candidates) > 1:
+            survivors = set(_drop_near(groups, candidates, near_threshold, shingle, num_perm, seed, report))
+            kept_groups = [name for name in kept_groups if name in survivors or name in exempt]
     return [r for name in kept_groups for r in groups[name]], report
 
 
@@ -107,11 +121,32 @@ def _jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def split(records: list[Record], *, validation_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Seeded split by group. The same records and seed always give the same split."""
+SPLIT_BY = ("group", "family")
+
+
+def family_of(record: Record) -> str:
+    """The record's ``meta.family`` (its template frame or source document), else its group."""
+    family = meta(record).get("family")
+    return str(family) if family is not None and str(family).strip() else group_of(record)
+
+
+def split(records: list[Record], *, validation_fraction: float, seed: int,
+          by: str = "group") -> tuple[list[Record], list[Record]]:
+    """Seeded split. The same records and seed always give the same split.
+
+    ``by="group"`` holds out a share of the groups. ``by="family"`` holds out a share of the
+    families (:func:`family_of`; a group goes with the family of its first record, so groups stay
+    whole either way), drawn separately within each stratum of ``meta.domain`` and pairs vs
+    contexts (``meta.kind == "context"``), so that validation holds every domain's pairs and
+    contexts: at least one family of each stratum that has two or more, never all of them.
+    """
     if not 0 <= validation_fraction < 1:
         raise ValueError("validation_fraction must be in [0, 1)")
+    if by not in SPLIT_BY:
+        raise ValueError(f"split by must be one of {', '.join(SPLIT_BY)}, got {by!r}")
     groups = _groups(records)
+    if by == "family":
+        return _split_by_family(groups, validation_fraction, seed)
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     n_validation = round(len(names) * validation_fraction)
@@ -120,4 +155,31 @@ def split(records: list[Record], *, validation_fraction: float, seed: int) -> tu
     validation_names = set(names[:n_validation])
     train = [r for name, members in groups.items() if name not in validation_names for r in members]
     validation = [r for name, members in groups.items() if name in validation_names for r in members]
+    return train, validation
+
+
+def _stratum(record: Record) -> tuple[str, str]:
+    info = meta(record)
+    return str(info.get("domain") or ""), "context" if info.get("kind") == "context" else "pair"
+
+
+def _split_by_family(groups: dict[str, list[Record]], validation_fraction: float,
+                     seed: int) -> tuple[list[Record], list[Record]]:
+    families: dict[str, list[str]] = {}
+    for name, members in groups.items():
+        families.setdefault(family_of(members[0]), []).append(name)
+    strata: dict[tuple[str, str], list[str]] = {}
+    for family, names in families.items():
+        strata.setdefault(_stratum(groups[names[0]][0]), []).append(family)
+    held: set[str] = set()
+    for key in sorted(strata):
+        members = sorted(strata[key])
+        random.Random(f"{seed}|{key[0]}|{key[1]}").shuffle(members)
+        n_validation = round(len(members) * validation_fraction)
+        if validation_fraction > 0 and len(members) > 1:
+            n_validation = min(max(1, n_validation), len(members) - 1)
+        held.update(members[:n_validation])
+    validation_groups = {name for family in held for name in families[family]}
+    train = [r for name, members in groups.items() if name not in validation_groups for r in members]
+    validation = [r for name, members in groups.items() if name in validation_groups for r in members]
     return train, validation
