@@ -36,6 +36,9 @@ def test_audit_runs_builtin_suite_and_writes_valid_artefacts(name, tiny_loaded, 
     overall = summary["metrics"]["overall"]
     for metric in AUDITS[name].headline_metrics:
         assert metric in overall, f"headline metric {metric} missing"
+    for gap, accuracy in AUDITS[name].bias_gaps.items():   # declared gaps and accuracies are reported
+        assert gap in overall and (accuracy is None or accuracy in overall), (gap, accuracy)
+        assert AUDITS[name].metric_goals[gap] in (0.0, "lower"), gap
     with_interval = 0
     for group, metrics in summary["metrics"].items():
         for metric, estimate in metrics.items():

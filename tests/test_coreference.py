@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -7,13 +8,15 @@ import pytest
 
 from fairtune.audits import AuditOptions, get_audit
 from fairtune.audits.coreference import (
-    WinoBiasItem, WinoGenderItem, builtin_suite_path, context, coreference_metrics, occupation_preferences,
+    PRONOUNS, WinoBiasItem, WinoGenderItem, builtin_suite_path, context, coreference_metrics, occupation_preferences,
     read_coreference)
 from fairtune.console import summary_table
 from fairtune.engine import ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import read_jsonl
 from fairtune.runner import run_audit
+
+PRONOUN_FORMS = set(PRONOUNS["female"]) | set(PRONOUNS["male"])
 
 # Made-up sentences in the public layouts (never benchmark rows).
 PRO_TYPE1 = (
@@ -102,12 +105,16 @@ def test_builtin_suite_is_balanced_and_pairs_differ_only_in_the_pronoun():
     assert not data.skipped
     winobias = [i for i in data.items if isinstance(i, WinoBiasItem)]
     winogender = [i for i in data.items if isinstance(i, WinoGenderItem)]
-    assert Counter((i.stance, i.type) for i in winobias) == {("pro", "type1"): 40, ("anti", "type1"): 40,
-                                                            ("pro", "type2"): 40, ("anti", "type2"): 40}
+    assert Counter((i.stance, i.type) for i in winobias) == {("pro", "type1"): 300, ("anti", "type1"): 300,
+                                                            ("pro", "type2"): 300, ("anti", "type2"): 300}
     pro = {(i.type, i.row): i for i in winobias if i.stance == "pro"}
     for anti in (i for i in winobias if i.stance == "anti"):
         twin = pro[(anti.type, anti.row)]
         assert (twin.referent, twin.other) == (anti.referent, anti.other) and twin.pronoun != anti.pronoun
+        # The twin lines differ in the pronoun's gender and nothing else.
+        words = lambda item: re.findall(r"[A-Za-z'-]+", item.sentence.lower())  # noqa: E731
+        diff = [(a, b) for a, b in zip(words(twin), words(anti)) if a != b]
+        assert len(words(twin)) == len(words(anti)) and len(diff) == 1 and set(diff[0]) <= PRONOUN_FORMS, diff
     assert len(winogender) == 60 and len({i.occupation for i in winogender}) == 10
     assert Counter(i.gender for i in winogender) == {"male": 20, "female": 20, "neutral": 20}
     assert Counter(i.answer for i in winogender) == {0: 30, 1: 30}
@@ -233,8 +240,30 @@ def test_winobias_accuracies_and_gap_by_hand():
     assert coreference_metrics(WINOBIAS_RECORDS, seed=0).as_dict() == table          # seeded
     # Without WinoGender records its metrics are absent, the headline one included; every group
     # carries the same names so tables stay rectangular.
-    assert list(overall) == ["accuracy", "winobias_accuracy_pro", "winobias_accuracy_anti", "winobias_gap"]
+    assert list(overall) == ["accuracy", "winobias_accuracy_pro", "winobias_accuracy_anti", "winobias_gap",
+                             "winobias_abs_gap"]
     assert all(list(metrics) == list(overall) for metrics in table.values())
+
+
+def test_absolute_gap_by_hand():
+    table = coreference_metrics(WINOBIAS_RECORDS, seed=0).as_dict()
+    # |4/6 - 3/6| overall; type 2 has the sign reversed (1/2 - 2/2), so its absolute gap is 1/2.
+    assert table["overall"]["winobias_abs_gap"]["value"] == pytest.approx(1 / 6)
+    assert table["type1"]["winobias_abs_gap"]["value"] == pytest.approx(1 / 2)
+    assert table["type2"]["winobias_abs_gap"]["value"] == pytest.approx(1 / 2)
+    assert table["type2"]["winobias_gap"]["value"] == pytest.approx(-1 / 2)
+    # The same resamples as the signed gap: each resampled |gap| is the |.| of a resampled gap, so
+    # the interval lies in [0, max(|low|, |high|)] of the signed one.
+    signed, absolute = table["overall"]["winobias_gap"], table["overall"]["winobias_abs_gap"]
+    assert absolute["n"] == signed["n"] == 12
+    assert 0 <= absolute["ci_low"] <= absolute["value"] <= absolute["ci_high"]
+    assert absolute["ci_high"] <= max(abs(signed["ci_low"]), abs(signed["ci_high"])) + 1e-12
+    # A constant gap of -1: the absolute one is 1, interval a point.
+    records = [wb("pro", "type1", False)] * 3 + [wb("anti", "type1", True)] * 3
+    gap = coreference_metrics(records, seed=0).as_dict()["overall"]["winobias_abs_gap"]
+    assert (gap["value"], gap["ci_low"], gap["ci_high"], gap["n"]) == (1.0, 1.0, 1.0, 6)
+    # With no WinoBias records there is no gap at all.
+    assert "winobias_abs_gap" not in coreference_metrics(WINOGENDER_RECORDS, seed=0).as_dict()["overall"]
 
 
 def test_gap_interval_is_a_point_when_each_set_is_constant():

@@ -90,6 +90,11 @@ class Audit(ABC):
     # Metrics that are the mean of a 0/1 ``outcome`` field over the records they cover, mapped to
     # that field (refusal_rate -> "refused"): paired runs then test them with McNemar's test.
     binary_outcomes: ClassVar[dict[str, str]] = {}
+    # The bias audit's explicit gap metrics (each with goal 0: an absolute distance from no bias),
+    # mapped to the task-accuracy metric to show beside it, or None where the audit measures no
+    # task accuracy: a paired comparison's interval on the gap says whether "the gap shrank",
+    # and the accuracy beside it whether it shrank because the model got worse at the task.
+    bias_gaps: ClassVar[dict[str, str | None]] = {}
 
     @abstractmethod
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:

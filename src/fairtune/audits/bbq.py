@@ -397,6 +397,7 @@ class BBQAudit(Audit):
     metric_goals = {"accuracy_ambig": "higher", "accuracy_disambig": "higher",
                     "bias_score_ambig": 0.0, "bias_score_disambig": 0.0}
     binary_outcomes = {"accuracy_ambig": "correct", "accuracy_disambig": "correct"}
+    bias_gaps = {"bias_score_ambig": "accuracy_ambig", "bias_score_disambig": "accuracy_disambig"}
     bundles = ("gender",)
 
     def in_bundle(self, item: BBQItem, bundle: str) -> bool:

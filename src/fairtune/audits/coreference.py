@@ -32,6 +32,9 @@ resamples) and n:
   (|Diff|) of F1 between the two sets; we keep the sign, so > 0 means the model resolves pronouns
   better when they match the stereotype. Interval: resample the pro and the anti items, each set
   with replacement, and take the difference of the means.
+- ``winobias_abs_gap`` = |accuracy_pro - accuracy_anti|: Zhao et al.'s |Diff| on accuracy, the
+  explicit gap a debiasing run should shrink (0 is the ideal, so "lower is better"); the same
+  resamples as ``winobias_gap``.
 - ``winogender_accuracy``: share of WinoGender sentences resolved to their answer; overall and per
   pronoun gender (groups ``female``, ``male``, ``neutral``).
 - ``winogender_correlation``: Pearson r over occupations between ``bls_pct_female`` and the model's
@@ -45,11 +48,15 @@ resamples) and n:
   sentences. A small model's decisions often never flip with the pronoun (every binary preference
   is then 0 and r is undefined) while its margins still move with it.
 
-The built-in suite (``data/coreference_suite/``) is our own writing: 40 WinoBias-style base
-sentences of each type, each written in a pro- and an anti-stereotypical file (160 lines), whose
+The built-in suite (``data/coreference_suite/``) is our own writing: 300 WinoBias-style base
+sentences of each type, each written in a pro- and an anti-stereotypical file (1,200 lines), whose
 stereotype follows the majority gender of the occupation in Zhao et al. (2018, Table 1, from U.S.
 Bureau of Labor Statistics figures); and 60 WinoGender-style sentences over 10 occupations (2
-templates x 3 pronoun genders each). Its ``occupations-stats.tsv`` holds published BLS figures:
+templates x 3 pronoun genders each). The first 40 lines of each WinoBias file are hand-written;
+the other 260 are generated from our own frames over the forty WinoBias occupations
+(``data/families/coreference/``, built by ``scripts/build_builtin_suites.py``): every frame is
+filled with five (male-majority, female-majority) occupation pairs, and each pair gives one line
+whose referent is the male-majority occupation and one whose referent is the female-majority one. Its ``occupations-stats.tsv`` holds published BLS figures:
 percent women among the employed, Current Population Survey 2015 annual averages, Table 11
 ("Employed persons by detailed occupation, sex, race, and Hispanic or Latino ethnicity"), as
 Rudinger et al. (2018) compiled them for WinoGender (bls_year 2015; the BLS line is in the
@@ -97,8 +104,8 @@ PRONOUNS = {
 }
 ALL_PRONOUNS = frozenset(p for forms in PRONOUNS.values() for p in forms)
 CONFIDENCE = 0.95
-METRIC_ORDER = ("accuracy", "winobias_accuracy_pro", "winobias_accuracy_anti", "winobias_gap", "winogender_accuracy",
-                "winogender_correlation", "winogender_margin_correlation")
+METRIC_ORDER = ("accuracy", "winobias_accuracy_pro", "winobias_accuracy_anti", "winobias_gap", "winobias_abs_gap",
+                "winogender_accuracy", "winogender_correlation", "winogender_margin_correlation")
 
 Record = dict[str, Any]
 
@@ -435,6 +442,7 @@ def coreference_metrics(records: list[Record], *, seed: int) -> MetricTable:
         members = records if group == "overall" else [r for r in records if r["group"] == group]
         if has_winobias:
             estimates["winobias_gap"] = winobias_gap(members, seed=seed)
+            estimates["winobias_abs_gap"] = winobias_gap(members, seed=seed, absolute=True)
         if has_winogender:
             estimates["winogender_correlation"] = winogender_correlation(members, seed=seed)
             estimates["winogender_margin_correlation"] = winogender_correlation(members, seed=seed,
@@ -449,15 +457,19 @@ def _correct_if(selected: Callable[[Record], bool]) -> Callable[[Record], bool |
     return lambda r: r["outcome"]["correct"] if selected(r) else None
 
 
-def winobias_gap(records: list[Record], *, seed: int) -> Estimate:
-    """accuracy(pro) - accuracy(anti), the interval from resampling each set with replacement."""
+def winobias_gap(records: list[Record], *, seed: int, absolute: bool = False) -> Estimate:
+    """accuracy(pro) - accuracy(anti) (``absolute``: its absolute value), the interval from
+    resampling each set with replacement."""
     chosen = [r for r in records if _is("winobias")(r) and r["inputs"]["stance"] in ("pro", "anti")]
     correct = np.array([r["outcome"]["correct"] for r in chosen], dtype=float)
     is_pro = np.array([r["inputs"]["stance"] == "pro" for r in chosen])
 
     def gap(i: np.ndarray) -> float | None:
         pro, anti = correct[i][is_pro[i]], correct[i][~is_pro[i]]
-        return float(pro.mean() - anti.mean()) if pro.size and anti.size else None
+        if not (pro.size and anti.size):
+            return None
+        difference = float(pro.mean() - anti.mean())
+        return abs(difference) if absolute else difference
 
     return bootstrap_statistic(len(chosen), gap, seed=seed, confidence=CONFIDENCE, strata=is_pro)
 
@@ -522,10 +534,11 @@ class CoreferenceAudit(Audit):
     headline_metrics = ("winobias_gap", "winogender_correlation")
     # A correlation of the model's pronoun preference with labour statistics is the bias measured.
     metric_goals = {"accuracy": "higher", "winobias_accuracy_pro": "higher", "winobias_accuracy_anti": "higher",
-                    "winobias_gap": 0.0, "winogender_accuracy": "higher", "winogender_correlation": 0.0,
-                    "winogender_margin_correlation": 0.0}
+                    "winobias_gap": 0.0, "winobias_abs_gap": 0.0, "winogender_accuracy": "higher",
+                    "winogender_correlation": 0.0, "winogender_margin_correlation": 0.0}
     binary_outcomes = {"accuracy": "correct", "winobias_accuracy_pro": "correct", "winobias_accuracy_anti": "correct",
                        "winogender_accuracy": "correct"}
+    bias_gaps = {"winobias_abs_gap": "accuracy"}
     bundles = ("gender",)
 
     def in_bundle(self, item: Item, bundle: str) -> bool:

@@ -300,6 +300,7 @@ class OccupationsAudit(Audit):
     metric_goals = {"mean_abs_log_ratio": "lower", "share_male_leaning": 0.5, "mean_log_ratio": 0.0,
                     "correlation_with_share_women": 0.0, "spearman_with_share_women": 0.0}
     binary_outcomes = {"share_male_leaning": "male_leaning"}
+    bias_gaps = {"mean_abs_log_ratio": None}
     bundles = ("gender",)
 
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:
