@@ -150,3 +150,62 @@ def test_cli_bad_recipe_exits_2_in_one_line_and_writes_nothing(tmp_path, bad, fi
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and field in lines[0]
     assert not out.exists()
+
+
+def test_arms_choose_their_data_and_audits_and_the_table_reports_each_gap(tiny_dir, tmp_path, monkeypatch):
+    """A held-out-domain arm trains on one data step and runs a subset of the audits; the base
+    model gets only the refusal audit when it is aligned; the method table has a column per bias
+    gap with the task accuracy beside it, and the report shows the gaps and the guard's finding."""
+    from fairtune.pipeline import run as pipeline_run
+    from fairtune.pipeline.run import METHODS_FILE
+    from fairtune.training import align as align_module
+
+    monkeypatch.setattr(align_module, "align", lambda model, **_: align_module.AlignResult(
+        Path(tiny_dir), tmp_path / "fake-aligned", True, {}))
+    pairing = {"method": {"name": "lora", "rank": 2, "alpha": 4}, "optim": {"max_steps": 2, "batch_tokens": 256},
+               "objectives": [{"name": "counterfactual_pairing", "loglik_gap": 0.1}]}
+    recipe = _tiny_recipe(
+        tiny_dir, bias_group="gender",
+        audits=[{"suite": "stereotype-pairs"}, {"suite": "coreference"}, {"suite": "refusal", "max_new_tokens": 3}],
+        align={"when": "auto", "min_refusal": 1.0, "base_audits": "refusal"},
+        data=[{"builder": "pairs", "name": "all", "args": {"max_pairs": 40}},
+              {"builder": "pairs", "name": "jobs", "args": {"domains": ["occupations"], "max_pairs": 40}}],
+        arms=[{"name": "pairing", "data": ["all"], "train": pairing},
+              {"name": "held-out", "data": ["jobs"], "audits": ["stereotype-pairs"], "train": pairing}],
+        gates=[{"audit": "coreference", "metric": "accuracy", "max_drop": 1.0}])
+    result = pipeline_run.run_recipe(recipe, out=tmp_path / "run")
+    out = tmp_path / "run"
+    assert sorted(p.name for p in (out / "base" / "audits").iterdir() if p.is_dir()) == ["refusal"]
+    manifest = json.loads((out / "arms" / "held-out" / "train" / "manifest.json").read_text())
+    assert [Path(d["source"]).parent.name for d in manifest["data"] if d["role"] == "train"] == ["jobs"]
+    assert sorted(p.name for p in (out / "arms" / "held-out" / "audits").iterdir() if p.is_dir()) == [
+        "stereotype-pairs"]
+    assert result.passed and [g["arm"] for g in _gates(result)] == ["pairing"]   # not the arm without coreference
+    table = (out / METHODS_FILE).read_text()
+    assert "gap stereotype-pairs stereotype_gap (gender)" in table and "gap coreference winobias_abs_gap" in table
+    assert "coreference accuracy" in table and "closed" in table and "degenerate replies" in table
+    assert "## Bias gaps by domain" in table and "stereotype_gap (gender:traits)" in table
+    html = (out / "report" / "report.html").read_text()
+    assert "stereotype-pairs: bias gap stereotype_gap" in html
+    guard = [n for n in result.summary["notes"] if n.startswith("Data step all:")]
+    assert guard and "none of them overlaps" in guard[0]
+
+
+def _gates(result) -> list[dict]:
+    return [{"arm": arm, **gate} for arm, gates in result.summary["gates"].items() for gate in gates]
+
+
+@pytest.mark.parametrize("change, text", [
+    ({"arms": [{"name": "a", "data": ["nope"]}]}, "data step 'nope'"),
+    ({"arms": [{"name": "a", "audits": ["bbq"]}]}, "audit 'bbq'"),
+])
+def test_an_arm_naming_a_data_step_or_audit_the_recipe_lacks_fails_in_one_line(tmp_path, change, text):
+    import yaml
+
+    raw = yaml.safe_load(builtin_recipes()["quick"].read_text())
+    raw.update(change)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError) as info:
+        load_recipe(path)
+    assert text in str(info.value) and "\n" not in str(info.value)

@@ -273,7 +273,8 @@ def test_self_contained_and_every_image_is_a_png(study):
     assert not re.search(r"(?i)url\(|@import", html)
     images = [attrs for tag, attrs in page.tags if tag == "img"]
     figure_ids = [attrs["id"] for tag, attrs in page.tags if tag == "figure"]
-    assert figure_ids == ["fig-groups-refusal", "fig-groups-stereotype-pairs", "fig-groups-extrapolation",
+    # a bias audit's gap first (overall here: the study names no bias group), then the rest
+    assert figure_ids == ["fig-gap-stereotype-pairs-stereotype_gap", "fig-groups-refusal", "fig-groups-stereotype-pairs", "fig-groups-extrapolation",
                           "fig-safety", f"fig-training-{ARM}", "fig-extrapolation"]
     # over-refusal's rates are undefined in every category (4-token replies): said, not drawn.
     assert "Not drawn: over-refusal: no headline metric is defined in any group" in html

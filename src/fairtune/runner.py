@@ -54,14 +54,15 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
               max_new_tokens: int = 48, reference: str | LoadedModel | None = None,
               responses: str | Path | None = None, judges: tuple[str, ...] = (),
               toxicity_scorer: str | None = None, samples: int = 1,
-              system_prompt: str | None = None) -> AuditRun:
+              system_prompt: str | None = None, bundle: str | None = None) -> AuditRun:
     """Audit ``model`` on ``suite`` (its built-in items, or ``data``).
 
     ``model`` is a spec string (``embedded``, a directory, a ``.gguf`` file, a hub id) or an
     already loaded :class:`LoadedModel`, so a notebook can audit one model many times.
     ``reference`` is the model that drift is measured against (capability); ``responses`` is
     a file of outputs to score instead of generating (counterfactual); ``system_prompt`` goes to
-    audits that accept one (the extrapolation prompt baseline). With ``out``, the
+    audits that accept one (the extrapolation prompt baseline); ``bundle`` keeps the items of a
+    bundle the audit joins (``gender``: its gender items). With ``out``, the
     artefacts are written there atomically; a non-empty ``out`` is refused unless ``force``.
     """
     started = time.perf_counter()
@@ -75,6 +76,8 @@ def run_audit(suite: str = "stereotype-pairs", *, model: str | LoadedModel | Non
                        samples)
     options.system_prompt = system_prompt
     dataset = audit.load(Path(data) if data is not None else None, options)
+    if bundle is not None:
+        dataset = audit.subset(dataset, bundle)
     loaded = _load(model, dtype, trust_remote_code) if audit.needs_model(dataset, options) else None
     options.reference = _reference(reference, model, loaded, dtype, trust_remote_code)
     return _execute(audit, dataset, loaded, options, out_dir, started)

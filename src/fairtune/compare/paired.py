@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,7 +214,7 @@ def _read_audit_run(path: Path, expected: str | None = None) -> AuditRunFiles:
 # --- the comparison ------------------------------------------------------------------------------
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, seed: int = 0, n_resamples: int = 1000,
-                 groups: bool = False) -> Comparison:
+                 groups: bool | Sequence[str] = False) -> Comparison:
     """Compare two audit run directories, or two bundle directories (audits paired by name; an
     audit in only one of them is listed in ``only_in_a``/``only_in_b``, not compared).
 
@@ -235,7 +236,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, seed: int = 0, n_resam
 
 
 def compare_audit(audit: Audit, run_a: AuditRunFiles, run_b: AuditRunFiles, *, seed: int, n_resamples: int,
-                  groups: bool = False, vectorise: bool = True) -> AuditComparison:
+                  groups: bool | Sequence[str] = False, vectorise: bool = True) -> AuditComparison:
     """One audit's paired comparison, without Holm's correction (``p_holm`` and ``change`` are
     filled by :func:`apply_holm` across the whole comparison). ``vectorise=False`` sends every
     metric through the general path, which must agree with the vectorised one on mean metrics."""
@@ -252,11 +253,16 @@ def compare_audit(audit: Audit, run_a: AuditRunFiles, run_b: AuditRunFiles, *, s
                            rows)
 
 
-def metric_keys(summary_a: dict[str, Any], summary_b: dict[str, Any], *, groups: bool) -> list[Key]:
+def metric_keys(summary_a: dict[str, Any], summary_b: dict[str, Any], *, groups: bool | Sequence[str]) -> list[Key]:
     """(group, metric) pairs present in both summaries, in run A's order: ``overall`` always,
-    every shared group with ``groups``."""
-    names = [OVERALL] + ([g for g in summary_a["metrics"] if g != OVERALL and g in summary_b["metrics"]]
-                         if groups else [])
+    every shared group with ``groups=True``, or with a list of names those groups and their
+    ``<name>:`` subgroups (``gender`` and ``gender:traits``)."""
+    def wanted(group: str) -> bool:
+        if isinstance(groups, bool):
+            return groups
+        return any(group == name or group.startswith(f"{name}:") for name in groups)
+
+    names = [OVERALL] + [g for g in summary_a["metrics"] if g != OVERALL and g in summary_b["metrics"] and wanted(g)]
     return [(group, metric) for group in names for metric in summary_a["metrics"][group]
             if metric in summary_b["metrics"][group]]
 

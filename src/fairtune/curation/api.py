@@ -169,6 +169,10 @@ def content_key(builder: str, args: dict[str, Any]) -> str | None:
         from fairtune.forecasting.dataset import DEFAULT_TARGET, TARGET_MODELS
 
         return TARGET_MODELS.get(args.get("target") or DEFAULT_TARGET)
+    if builder == "pairs" and args.get("builtin", True):
+        from fairtune.curation.pairs import builtin_sha256
+
+        return builtin_sha256()      # the built-in families' files: editing a frame rebuilds the data
     return None
 
 

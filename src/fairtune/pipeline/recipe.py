@@ -29,10 +29,24 @@ class AuditEntry(_Strict):
     name: str | None = None              # directory and comparison name; default: the suite
     data: str | None = None              # a benchmark file, or split:NAME for extrapolation
     max_new_tokens: int = Field(48, ge=1)
+    bundle: str | None = None            # only the items of this bundle ("gender"), where the audit joins it
 
     @property
     def label(self) -> str:
         return self.name or self.suite
+
+    def key(self) -> dict[str, Any]:
+        """What the entry's stage keys hash (``bundle`` only when set, so older keys stay valid)."""
+        return self.model_dump(exclude={"bundle"} if self.bundle is None else set())
+
+    @model_validator(mode="after")
+    def _bundle_joined(self) -> AuditEntry:
+        from fairtune.audits import AUDITS
+
+        if self.bundle is not None and self.bundle not in AUDITS[self.suite].bundles:
+            raise ValueError(f"audit '{self.suite}' joins no bundle '{self.bundle}' (its bundles: "
+                             f"{', '.join(AUDITS[self.suite].bundles) or 'none'})")
+        return self
 
     @field_validator("suite")
     @classmethod
@@ -47,23 +61,30 @@ class AuditEntry(_Strict):
 class AlignSettings(_Strict):
     when: Literal["auto", "always", "never"] = "auto"
     min_refusal: float = Field(0.5, ge=0, le=1)   # auto: align when the base refuses less than this
+    # "refusal": audit the base model with the refusal audit first, and with the others only when
+    # it is not aligned (every arm is compared with the aligned model, so those would go unused).
+    base_audits: Literal["all", "refusal"] = "all"
     helpful_weight: int = Field(align_defaults.DEFAULT_HELPFUL_WEIGHT, ge=1)
     epochs: int = Field(align_defaults.DEFAULT_EPOCHS, ge=1)
     lr: float = Field(align_defaults.DEFAULT_LR, gt=0)
     refusal_unlikelihood: float = Field(align_defaults.DEFAULT_REFUSAL_UNLIKELIHOOD, ge=0)
 
 
-BUILDERS = ("templates", "cda", "selfgen", "safety-anchors", "forecasts")
+BUILDERS = ("templates", "cda", "selfgen", "safety-anchors", "forecasts", "pairs")
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 
 
 class DataStep(_Strict):
-    builder: Literal["templates", "cda", "selfgen", "safety-anchors", "forecasts"]
+    builder: Literal["templates", "cda", "selfgen", "safety-anchors", "forecasts", "pairs"]
+    name: str | None = Field(None, pattern=NAME)           # directory name; default "<index>-<builder>"
     args: dict[str, Any] = Field(default_factory=dict)   # keyword arguments of fairtune.curation.api.<builder>
 
 
 class Arm(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    name: str = Field(pattern=NAME)
     train: dict[str, Any] = Field(default_factory=dict)   # a TrainConfig without model, data and out
+    data: list[str] | None = None      # names of the data steps this arm trains on; None: all of them
+    audits: list[str] | None = None    # names of the audits run on this arm; None: all (and red-team)
 
 
 class Recipe(_Strict):
@@ -78,6 +99,9 @@ class Recipe(_Strict):
     redteam: list[AuditEntry] = Field(default_factory=list)
     gates: list[dict[str, Any]] = Field(default_factory=list)
     report: bool = True
+    # The bias type the study targets ("gender"): comparisons and the method table's gap columns
+    # use this group (and its per-domain "<group>:<domain>" groups) where an audit reports it.
+    bias_group: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -97,7 +121,21 @@ class Recipe(_Strict):
             raise ValueError(f"arms {', '.join(trained)} train but the recipe builds no data")
         if self.align.when == "auto" and "refusal" not in [a.suite for a in self.audits]:
             raise ValueError("align.when 'auto' needs a 'refusal' audit to decide")
+        steps = self.data_labels()
+        for arm in self.arms:
+            for name in arm.data or []:
+                if name not in steps:
+                    raise ValueError(f"arm '{arm.name}' trains on data step '{name}', which the recipe does not "
+                                     f"build (data steps: {', '.join(steps) or 'none'})")
+            for name in arm.audits or []:
+                if name not in labels:
+                    raise ValueError(f"arm '{arm.name}' names audit '{name}', which the recipe does not run "
+                                     f"(audits: {', '.join(labels)})")
         return self
+
+    def data_labels(self) -> list[str]:
+        """Each data step's name: its own, else ``<index>-<builder>`` (its directory under data/)."""
+        return [step.name or f"{index}-{step.builder}" for index, step in enumerate(self.data)]
 
 
 def builtin_recipes() -> dict[str, Path]:

@@ -73,14 +73,24 @@ class _Models:
 
 
 def _audit_all(root: Path, entries: list[AuditEntry], model: str, model_key: str, recipe: Recipe,
-               models: _Models, log: Callable[[str], None], progress: bool) -> Path:
+               models: _Models, log: Callable[[str], None], progress: bool, shared: Path | None = None) -> Path:
+    """Audit ``model`` with every entry into ``root/<label>``. With ``shared``, each audit is built
+    once in ``shared/<key>`` and copied from there: the aligned model's audits live beside the
+    cached aligned model, so every recipe and run directory that starts from it reuses them."""
+    import shutil
+
     from fairtune.runner import run_audit
 
     for entry in entries:
-        key = stage_key(model_key, entry.model_dump(), _data_key(entry), recipe.seed)
-        run_stage(root / entry.label, key, lambda d, e=entry: run_audit(
+        key = stage_key(model_key, entry.key(), _data_key(entry), recipe.seed)
+        label = f"{root.parent.name}/{entry.label}"
+        build = lambda d, e=entry: run_audit(  # noqa: E731
             e.suite, model=models.get(model), data=e.data, out=d, force=True, seed=recipe.seed,
-            max_new_tokens=e.max_new_tokens, progress=progress), log, label=f"{root.parent.name}/{entry.label}")
+            max_new_tokens=e.max_new_tokens, progress=progress, bundle=e.bundle)
+        if shared is not None:
+            source = run_stage(shared / key, key, build, log, label=f"{label} (kept with the model)")
+            build = lambda d, source=source: shutil.copytree(source, d, dirs_exist_ok=True)  # noqa: E731
+        run_stage(root / entry.label, key, build, log, label=label)
     index = {"bundle": f"recipe:{recipe.name}", "audits": {}}
     for entry in entries:
         summary = json.loads((root / entry.label / "summary.json").read_text())
@@ -113,8 +123,12 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
     models = _Models()
     notes: list[str] = []
 
-    base_audits = _audit_all(out / "base" / "audits", entries, recipe.model, base_key, recipe, models, log,
-                             progress)
+    # Aligning makes the aligned model every arm's start: with base_audits "refusal" the base model
+    # is audited with what decides alignment first, and with the rest only if it stays the start.
+    first = entries
+    if recipe.align.when != "never" and recipe.align.base_audits == "refusal":
+        first = [e for e in entries if e.suite == "refusal"]
+    base_audits = _audit_all(out / "base" / "audits", first, recipe.model, base_key, recipe, models, log, progress)
     start_model, start_key, start_audits = recipe.model, base_key, base_audits
     refusal = _refusal_rate(base_audits, recipe) if recipe.align.when == "auto" else None
     # No judged reply at all (every reply empty or degenerate) is no evidence of guardrails either.
@@ -126,7 +140,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
                         progress=progress)
         start_model, start_key = str(aligned.merged_dir), stage_key("aligned", aligned.run_dir.name)
         start_audits = _audit_all(out / "aligned" / "audits", entries, start_model, start_key, recipe, models,
-                                  log, progress)
+                                  log, progress, shared=aligned.run_dir / "audits")
         if recipe.align.when == "always":
             why = "the recipe asks for it"
         elif refusal is None:
@@ -136,24 +150,32 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
                    f"{recipe.align.min_refusal:.0%}")
         notes.append(f"Safety alignment first: {why}, so `fairtune align` gave it guardrails (cached as "
                      f"{aligned.run_dir.name}); every arm starts from the aligned model and is compared with it.")
+    elif first is not entries:
+        base_audits = _audit_all(out / "base" / "audits", entries, recipe.model, base_key, recipe, models, log,
+                                 progress)
+        start_audits = base_audits
 
-    train_files, data_key = [], stage_key(recipe.seed)
-    for index, step in enumerate(recipe.data):
+    steps: dict[str, tuple[str, str]] = {}     # data step name -> (train.jsonl, stage key)
+    for index, (step, label) in enumerate(zip(recipe.data, recipe.data_labels())):
         content = api.content_key(step.builder, step.args)
-        key = stage_key(step.model_dump(), recipe.seed, _files_key(step.args),
+        key = stage_key(step.model_dump(exclude_none=True), recipe.seed, _files_key(step.args),
                         *([content] if content is not None else []))   # keys of other builders unchanged
-        target = run_stage(out / "data" / f"{index}-{step.builder}", key, lambda d, s=step: _build_data(
-            api, s, d, recipe.seed, start_model), log, label=f"data/{index}-{step.builder}")
-        train_files.append(str(target / "train.jsonl"))
-        data_key = stage_key(data_key, key)
+        target = run_stage(out / "data" / label, key, lambda d, s=step: _build_data(
+            api, s, d, recipe.seed, start_model), log, label=f"data/{label}")
+        steps[label] = (str(target / "train.jsonl"), key)
+        notes.append(_guard_note(label, target))
 
     arms: dict[str, dict[str, Any]] = {}
     for arm in recipe.arms:
         arm_dir = out / "arms" / arm.name
+        chosen = [steps[name] for name in (arm.data or steps)]
+        train_files, data_key = [file for file, _ in chosen], stage_key(recipe.seed)
+        for _, key in chosen:
+            data_key = stage_key(data_key, key)
         train_key = stage_key(start_key, data_key, arm.train, recipe.seed)
         is_prompt = arm.train.get("method", {}).get("name") == "prompt"
 
-        def build_train(d: Path, arm=arm, is_prompt=is_prompt) -> None:
+        def build_train(d: Path, arm=arm, is_prompt=is_prompt, train_files=train_files) -> None:
             config = {**arm.train, "model": start_model, "data": [] if is_prompt else train_files, "out": str(d),
                       "seed": recipe.seed}
             load_config(config)                  # fails here, in one line, before a process starts
@@ -161,19 +183,23 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
 
         train_dir = run_stage(arm_dir / "train", train_key, build_train, log, label=f"{arm.name}/train")
         tuned_key = stage_key("tuned", train_key)
-        audits_dir = _audit_all(arm_dir / "audits", entries, str(train_dir / "merged"), tuned_key, recipe,
+        arm_entries = [e for e in entries if arm.audits is None or e.label in arm.audits]
+        audits_dir = _audit_all(arm_dir / "audits", arm_entries, str(train_dir / "merged"), tuned_key, recipe,
                                 models, log, progress)
-        compare_key = stage_key(start_key, tuned_key, [e.model_dump() for e in entries], recipe.gates, recipe.seed)
-        compare_dir = run_stage(arm_dir / "compare", compare_key, lambda d, a=audits_dir: _compare(
-            start_audits, a, d, recipe), log, label=f"{arm.name}/compare")
+        compare_key = stage_key(start_key, tuned_key, [e.key() for e in arm_entries], recipe.gates,
+                                recipe.seed, *([recipe.bias_group] if recipe.bias_group else []))
+        compare_dir = run_stage(arm_dir / "compare", compare_key, lambda d, a=audits_dir, e=arm_entries: _compare(
+            start_audits, a, d, recipe, {x.label for x in e}), log, label=f"{arm.name}/compare")
         arms[arm.name] = {"train": train_dir, "audits": audits_dir, "compare": compare_dir}
 
     comparisons = {name: json.loads((a["compare"] / "comparison.json").read_text()) for name, a in arms.items()}
     failed = [{"arm": name, **gate} for name, c in comparisons.items() for gate in c.get("gates", [])
               if not gate["passed"]]
-    header, rows = method_table(recipe, arms, comparisons)
+    header, rows = method_table(recipe, arms, comparisons, start_audits)
+    domains = domain_table(recipe, comparisons)
     with atomic_open(out / METHODS_FILE) as handle:
-        handle.write(table_markdown(METHODS_TITLE, header, rows))
+        handle.write(table_markdown(METHODS_TITLE, header, rows)
+                     + ("\n" + table_markdown(DOMAINS_TITLE, *domains) if domains else ""))
     if recipe.report:
         from fairtune.report import ReportArm, ReportTable, build_report
 
@@ -181,7 +207,9 @@ def run_recipe(recipe: Recipe, *, out: str | Path, progress: bool = False,
         report_arms = [ReportArm(name, a["audits"], a["train"] if (a["train"] / "train_log.jsonl").exists() else None,
                                  a["compare"] / "comparison.json") for name, a in arms.items()]
         build_report(out / "report", title=f"fairtune: {recipe.name}", base=start_audits, arms=report_arms,
-                     notes=notes, tables=[ReportTable("methods", METHODS_TITLE, header, rows)])
+                     notes=notes, tables=[ReportTable("methods", METHODS_TITLE, header, rows),
+                                          *([ReportTable("domains", DOMAINS_TITLE, *domains)] if domains else [])],
+                     bias_group=recipe.bias_group)
     summary = {
         "recipe": recipe.model_dump(mode="json"), "model": recipe.model, "start_model": start_model,
         "notes": notes, "arms": {name: {k: str(v) for k, v in a.items()} for name, a in arms.items()},
@@ -229,13 +257,32 @@ def _build_data(api: Any, step: Any, out: Path, seed: int, model: str) -> None:
     builder(out=out, force=True, **args)
 
 
-def _compare(base: Path, tuned: Path, out: Path, recipe: Recipe) -> None:
+def _guard_note(label: str, data_dir: Path) -> str:
+    """What the contamination guard found in a data step, for the report: the evidence that no
+    audit item was trained on."""
+    card = json.loads((data_dir / "data_card.json").read_text())
+    found = card.get("contamination")
+    if not found:
+        return f"Data step {label}: the contamination guard was off."
+    references = found.get("references") or []
+    texts = sum(r.get("texts", 0) for r in references)
+    names = ", ".join(r["name"] for r in references)
+    verdict = ("none of them overlaps" if not found["overlapping_records"] else
+               f"{found['overlapping_records']} overlap (allowed by the recipe)")
+    return (f"Data step {label}: the contamination guard checked {found['checked_records']} records against "
+            f"{texts} texts of {len(references)} evaluation sets ({names}): {verdict} (exact text, shared "
+            f"{found.get('settings', {}).get('ngram', 8)}-word runs, template frames).")
+
+
+def _compare(base: Path, tuned: Path, out: Path, recipe: Recipe, audited: set[str]) -> None:
+    """Compare an arm with its start; gates on audits the arm does not run do not apply to it."""
     from fairtune.compare import compare_runs, write_comparison
     from fairtune.compare.gates import evaluate_gates, load_gates
 
-    comparison = compare_runs(base, tuned, seed=recipe.seed)
-    if recipe.gates:
-        evaluate_gates(comparison, load_gates(recipe.gates))
+    comparison = compare_runs(base, tuned, seed=recipe.seed, groups=[recipe.bias_group] if recipe.bias_group else False)
+    gates = [g for g in recipe.gates if g.get("audit") in audited]
+    if gates:
+        evaluate_gates(comparison, load_gates(gates))
     write_comparison(comparison, out)
 
 
@@ -244,16 +291,47 @@ def _stage_times(out: Path) -> dict[str, float]:
             for p in sorted(out.rglob("stage.json"))}
 
 
-TABLE_METRICS = (("bias", ("stereotype-pairs", "pct_stereotype")), ("capability", ("capability", "perplexity")),
-                 ("refusal", ("refusal", "refusal_rate")), ("over-refusal", ("over-refusal", "over_refusal_rate")))
+# What debiasing must not cost, beside the gaps: (audit, metric, column, as a percent change).
+GUARDS = (("capability", "perplexity", "perplexity", True), ("stereoset", "lms", "StereoSet LMS", False),
+          ("refusal", "refusal_rate", "refusal", False), ("over-refusal", "over_refusal_rate", "over-refusal", False),
+          ("counterfactual", "sentiment_gap_abs", "counterfactual sentiment gap", False))
 
 
-def method_table(recipe: Recipe, arms: dict[str, dict[str, Path]],
-                 comparisons: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """The measured method table: one row per arm, every cell a figure from this run. Peak RSS is
-    the training process's own (each arm trains in a fresh process)."""
-    header = ["arm", "method", "trainable share", "train wall s", "peak RSS MiB"] + [
-        f"{kind} change ({audit} {metric})" for kind, (audit, metric) in TABLE_METRICS]
+def gap_columns(recipe: Recipe, summaries: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
+    """``(audit, metric, group, is_gap)`` for every bias gap the recipe's audits declare
+    (:attr:`~fairtune.audits.base.Audit.bias_gaps`), each followed by its task accuracy: in the
+    recipe's ``bias_group`` where the audit reports that group, else overall."""
+    from fairtune.audits import AUDITS
+
+    columns = []
+    for entry in recipe.audits:
+        groups = (summaries.get(entry.suite) or {}).get("metrics", {})
+        group = recipe.bias_group if recipe.bias_group in groups else "overall"
+        for gap, accuracy in AUDITS[entry.suite].bias_gaps.items():
+            columns.append((entry.suite, gap, group, True))
+            if accuracy:
+                columns.append((entry.suite, accuracy, group, False))
+    return columns
+
+
+def _column_name(audit: str, metric: str, group: str) -> str:
+    return f"{audit} {metric}" + ("" if group == "overall" else f" ({group})")
+
+
+def method_table(recipe: Recipe, arms: dict[str, dict[str, Path]], comparisons: dict[str, dict],
+                 start_audits: Path) -> tuple[list[str], list[list[str]]]:
+    """The measured method table: one row per arm, every cell a figure from this run: each bias
+    gap's paired change with the share of the gap it closed, the task accuracy beside it, and
+    what the change cost (perplexity in percent, LMS, refusal, over-refusal, counterfactual
+    parity, degenerate replies). Peak RSS is the training process's own (each arm trains in a
+    fresh process)."""
+    summaries = {e.suite: json.loads((start_audits / e.label / "summary.json").read_text())
+                 for e in recipe.audits if (start_audits / e.label / "summary.json").exists()}
+    gaps = gap_columns(recipe, summaries)
+    guards = [g for g in GUARDS if g[0] in summaries]
+    header = ["arm", "method", "trainable share", "train wall s", "peak RSS MiB"]
+    header += [("gap " if is_gap else "") + _column_name(audit, metric, group) for audit, metric, group, is_gap in gaps]
+    header += [name + (" %" if percent else "") for _, _, name, percent in guards] + ["degenerate replies"]
     rows = []
     for name, arm in arms.items():
         manifest = json.loads((arm["train"] / "manifest.json").read_text())
@@ -261,7 +339,38 @@ def method_table(recipe: Recipe, arms: dict[str, dict[str, Path]],
         rows.append([name, str(manifest.get("method")), f"{manifest.get('trainable_share', 0):.4%}",
                      f"{info.get('seconds', manifest.get('wall_seconds', 0)):.0f}",
                      f"{manifest.get('peak_rss_mib', 0):.0f}",
-                     *(_delta_cell(comparisons[name], audit, metric) for _, (audit, metric) in TABLE_METRICS)])
+                     *(_delta_cell(comparisons[name], audit, metric, group, closed=is_gap)
+                       for audit, metric, group, is_gap in gaps),
+                     *(_delta_cell(comparisons[name], audit, metric, "overall", percent=percent)
+                       for audit, metric, _, percent in guards),
+                     _degenerate_cell(start_audits, arm["audits"])])
+    return header, rows
+
+
+DOMAINS_TITLE = "Bias gaps by domain"
+
+
+def domain_table(recipe: Recipe, comparisons: dict[str, dict]) -> tuple[list[str], list[list[str]]] | None:
+    """Each arm's paired change in every per-domain group of the bias group ("gender:traits"), so
+    an arm trained on some domains shows whether its change holds in the others. None when no
+    audit reports such groups."""
+    from fairtune.audits import AUDITS
+
+    if not recipe.bias_group:
+        return None
+    columns: list[tuple[str, str, str]] = []
+    for comparison in comparisons.values():
+        for audit, result in comparison.get("audits", {}).items():
+            for row in result.get("metrics", []):
+                key = (audit, row["metric"], row["group"])
+                if (row["metric"] in AUDITS[audit].bias_gaps and row["group"].startswith(f"{recipe.bias_group}:")
+                        and key not in columns):
+                    columns.append(key)
+    if not columns:
+        return None
+    header = ["arm"] + [f"{audit} {metric} ({group})" for audit, metric, group in columns]
+    rows = [[name, *(_delta_cell(comparison, audit, metric, group, closed=True) for audit, metric, group in columns)]
+            for name, comparison in comparisons.items()]
     return header, rows
 
 
@@ -270,11 +379,44 @@ def table_markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
-def _delta_cell(comparison: dict, audit: str, metric: str) -> str:
+def _comparison_row(comparison: dict, audit: str, metric: str, group: str) -> dict | None:
     rows = comparison.get("audits", {}).get(audit, {}).get("metrics", [])
-    row = next((r for r in rows if r["metric"] == metric and r["group"] == "overall"), None)
+    return next((r for r in rows if r["metric"] == metric and r["group"] == group), None)
+
+
+def _delta_cell(comparison: dict, audit: str, metric: str, group: str = "overall", *, closed: bool = False,
+                percent: bool = False) -> str:
+    """``delta [ci]``; for a gap also the share of the starting gap it closed, for a percent
+    column the change relative to the start."""
+    row = _comparison_row(comparison, audit, metric, group)
     if row is None or row["delta"] is None:
         return "-"
-    interval = f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]" if row["ci_low"] is not None else ""
+    scale = 100 / row["a"] if percent and row["a"] else 1.0
+    unit = "%" if percent and row["a"] else ""
+    interval = (f" [{row['ci_low'] * scale:+.3f}{unit}, {row['ci_high'] * scale:+.3f}{unit}]"
+                if row["ci_low"] is not None else "")
     mark = {"improved": " (better)", "regressed": " (worse)"}.get(row["change"], "")
-    return f"{row['delta']:+.3f}{interval}{mark}"
+    share = f", {-row['delta'] / row['a']:.0%} closed" if closed and row["a"] else ""
+    return f"{row['delta'] * scale:+.3f}{unit}{interval}{share}{mark}"
+
+
+def degenerate_replies(audits_dir: Path) -> tuple[int, int]:
+    """``(degenerate, all)`` replies over the audits that judge replies (those with a
+    ``degenerate_rate``): repetition and empty-loop replies of a damaged model."""
+    from fairtune.audits import AUDITS
+    from fairtune.io import read_jsonl
+
+    count = total = 0
+    for records_file in sorted(audits_dir.glob("*/records.jsonl")):
+        summary = json.loads((records_file.parent / "summary.json").read_text())
+        if "degenerate_rate" not in AUDITS[summary["suite"]].binary_outcomes:
+            continue
+        records = read_jsonl(records_file)
+        count += sum(int((r.get("outcome") or {}).get("degenerate") or 0) for r in records)
+        total += len(records)
+    return count, total
+
+
+def _degenerate_cell(start_audits: Path, arm_audits: Path) -> str:
+    (before, n_before), (after, n_after) = degenerate_replies(start_audits), degenerate_replies(arm_audits)
+    return f"{before} -> {after} of {n_after}" if n_after else "-"

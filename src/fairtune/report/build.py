@@ -101,7 +101,7 @@ class ReportTable:
 def build_report(out_dir: str | Path, *, title: str, base: str | Path, arms: Sequence[ReportArm],
                  notes: Sequence[str] = (), gates: Sequence[Mapping[str, Any]] | None = None,
                  samples_per_audit: int = 3, seed: int = 0,
-                 tables: Sequence[ReportTable] = ()) -> tuple[Path, Path]:
+                 tables: Sequence[ReportTable] = (), bias_group: str | None = None) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` (self-contained: inline CSS, plots as data URIs, no URL) and
     ``out_dir/report.md`` (the tables and notes, and a list of the figures); returns both paths.
 
@@ -111,7 +111,7 @@ def build_report(out_dir: str | Path, *, title: str, base: str | Path, arms: Seq
     differs between the base model and an arm). Every input is read before anything is written.
     """
     models = _load_models(Path(base), arms)
-    context = _context(title, models, list(notes), list(gates or []), samples_per_audit, seed)
+    context = _context(title, models, list(notes), list(gates or []), samples_per_audit, seed, bias_group)
     context["tables"] = list(tables)
     html = render_html(context)
     markdown = render_markdown(context)
@@ -326,9 +326,34 @@ class Figure:
     uri: str
 
 
-def _figures(models: list[Model]) -> tuple[list[Figure], list[str]]:
+def _gap_figures(models: list[Model], bias_group: str | None) -> list[Figure]:
+    """One figure per bias gap an audit declares: the gap of the start model and of each arm, in
+    the study's bias group and each of its per-domain groups (else overall), with intervals."""
+    from fairtune.audits import AUDITS
+
+    figures = []
+    for audit in _audit_order(models):
+        runs = [m.runs[audit] for m in models if audit in m.runs]
+        suite = runs[0].summary.get("suite")
+        for gap in getattr(AUDITS.get(suite), "bias_gaps", {}):
+            present = [g for g in runs[0].summary.get("metrics", {}) if (runs[0].estimate(gap, g) or {}).get("value")
+                       is not None]
+            groups = [g for g in present if bias_group and (g == bias_group or g.startswith(f"{bias_group}:"))]
+            groups = groups or [g for g in present if g == "overall"]
+            if not groups:
+                continue
+            series = {m.name: [m.runs[audit].estimate(gap, g) for g in groups] for m in models if audit in m.runs}
+            figures.append(Figure(f"gap-{audit}-{gap}", f"{audit}: bias gap {gap}",
+                                  "The bias gap (0 is no bias) of the start model and of each arm, per group "
+                                  "(per-domain groups show whether a change holds outside the domains trained on); "
+                                  "error bars are 95% bootstrap intervals. The paired change and its interval are "
+                                  "in the method table.", plots.group_bars(f"{audit}: {gap}", gap, groups, series)))
+    return figures
+
+
+def _figures(models: list[Model], bias_group: str | None = None) -> tuple[list[Figure], list[str]]:
     """The figures, and one line for each figure that could not be drawn (and why)."""
-    figures: list[Figure] = []
+    figures: list[Figure] = _gap_figures(models, bias_group)
     skipped: list[str] = []
     for audit in _audit_order(models):
         groups: list[str] = []
@@ -439,8 +464,8 @@ def _samples(models: list[Model], per_audit: int, seed: int) -> list[dict[str, A
 
 
 def _context(title: str, models: list[Model], notes: list[str], gates: list[Mapping[str, Any]],
-             samples_per_audit: int, seed: int) -> dict[str, Any]:
-    figures, skipped = _figures(models)
+             samples_per_audit: int, seed: int, bias_group: str | None = None) -> dict[str, Any]:
+    figures, skipped = _figures(models, bias_group)
     gate_rows = _gates(models, gates)
     headline = _headline(models)
     return {

@@ -199,6 +199,9 @@ class TrainConfig(_Strict):
     method: MethodConfig = Field(default_factory=MethodConfig)
     regularisers: list[Regulariser] = Field(default_factory=list)
     objectives: list[Objective] = Field(default_factory=list)   # fairness terms (training/objectives)
+    # The task loss's weight (SFT, or constrained SFT). 0 trains on the objectives and regularisers
+    # alone: the data then says where to look (pairs, contexts), not what to write.
+    sft_weight: float = Field(1.0, ge=0)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     seed: int = 0
     checkpoint_every: int | None = Field(None, ge=1)   # optimizer steps between checkpoints
@@ -224,6 +227,8 @@ class TrainConfig(_Strict):
                                  "objective's does")
         if self.method.name != "prompt" and not self.data and self.attack is None:
             raise ValueError("no training data: give data (or attack) files")
+        if self.sft_weight == 0 and not self.objectives:
+            raise ValueError("sft_weight 0 leaves nothing to learn: add an objective")
         return self
 
     def regulariser(self, name: str) -> Any:

@@ -82,7 +82,7 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
                                                          f"objectives.{i}")) for i, o in enumerate(config.objectives)]
     examples = _setup_objectives(objectives, model, encoded)
     task = next((r for r in regs if r.replaces_sft), None)
-    terms = _Terms(task, [r for r in regs if not r.replaces_sft], objectives)
+    terms = _Terms(task, [r for r in regs if not r.replaces_sft], objectives, config.sft_weight)
     adaptive = [AdaptiveWeight(a, next(t for t in [*regs, *objectives] if t.name == a.target))
                 for a in config.regularisers if a.name == "adaptive"]
     needs_anchors = any(r.needs_anchor_rows for r in regs) or any(
@@ -189,6 +189,7 @@ class _Terms:
     task: Any
     penalties: list
     objectives: list
+    sft_weight: float = 1.0
 
 
 def _setup_objectives(objectives: list, model: Any, encoded: Any) -> list[Example]:
@@ -251,6 +252,7 @@ def _optimizer_step(model, unwrapped, method, examples, micro, anchors, anchor_b
             loss = values["sft"] if task is None else task.penalty(model, outputs)
             if task is not None:
                 values[task.name] = loss
+            loss = terms.sft_weight * loss
             for term in [*penalties, *terms.objectives]:
                 values[term.name] = term.penalty(model, outputs)
                 loss = loss + term.weight * values[term.name]

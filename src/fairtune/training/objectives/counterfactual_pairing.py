@@ -60,8 +60,11 @@ def sequence_logliks(logits: Any, input_ids: Any, mask: Any) -> Any:
     """Total log-likelihood of each row's tokens after its first (the prefix token)."""
     import torch.nn.functional as F
 
-    targets = input_ids[:, 1:]
-    token = -F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")
+    rows, width, vocab = logits.shape
+    # rows of the vocabulary kept contiguous: cross-entropy over a transposed (N, V, L) view strides
+    # through memory and was an order of magnitude slower on long rows
+    token = -F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), input_ids[:, 1:].reshape(-1),
+                             reduction="none").view(rows, width - 1)
     return (token * mask[:, 1:]).sum(-1)
 
 
