@@ -342,7 +342,7 @@ def test_renders_in_headless_chromium_offline(study, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     n_images = len([t for t, _ in parse(study["html"]).tags if t == "img"])
-    assert n_images == 6
+    assert n_images == 7   # the figures test_report_figures lists, one image each
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert f'data-images-loaded="{n_images}"' in body and f'data-images-total="{n_images}"' in body, body
     assert "pwned" not in body   # the hostile reply ran nothing
