@@ -560,3 +560,17 @@ def test_rng_states_restore_the_next_dropout_draws():
     restore_rng(saved)
     assert torch.equal(torch.rand(4), first)
     assert ("cuda" in saved) == torch.cuda.is_available()
+
+
+def test_bf16_mixed_precision_trains_and_saves_float32_weights(tiny_dir, data_files, tmp_path):
+    from fairtune.models import load_model
+
+    # `no` as YAML writes it (a boolean) is accepted; anything else is named
+    assert load_config({"data": [str(data_files["train"])], "mixed_precision": False}).mixed_precision == "no"
+    with pytest.raises(InputError, match="mixed_precision"):
+        load_config({"data": [str(data_files["train"])], "mixed_precision": "fp8"})
+    result = train(config(tiny_dir, data_files, tmp_path, method={"name": "full"}, optim={"lr": 5e-3},
+                          mixed_precision="bf16"))
+    assert {w.dtype for w in final_weights(result).values()} == {torch.float32}
+    assert training_nll(load_model(str(result.merged_dir)), data_files) < training_nll(
+        load_model(str(tiny_dir)), data_files)

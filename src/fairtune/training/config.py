@@ -192,6 +192,9 @@ class TrainConfig(_Strict):
 
     model: str = "embedded"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # bf16: matrix products in bfloat16 under autocast, weights and optimizer state in float32
+    # (accelerate's mixed precision); the saved model stays float32.
+    mixed_precision: Literal["no", "bf16"] = "no"
     trust_remote_code: bool = False
     data: list[Path] = Field(default_factory=list)  # training JSONL files (fairtune record format)
     attack: Path | None = None                      # extra data appended to training (guardrail experiments)
@@ -206,6 +209,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     checkpoint_every: int | None = Field(None, ge=1)   # optimizer steps between checkpoints
     out: Path = Path("runs/train")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value    # YAML reads a bare `no` as false
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -55,7 +55,7 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
     from fairtune.models import load_model
 
     started = time.perf_counter()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     inputs = prepare_inputs(config)                      # reads and validates files: fails before the model
     loaded = loaded or load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
