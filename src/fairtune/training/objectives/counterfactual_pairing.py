@@ -148,21 +148,32 @@ class CounterfactualPairing(Objective):
         if not chosen:   # the same log keys on every batch (processes reduce them together)
             self.last = {"divergence": 0.0, **({"loglik_gap_abs": 0.0} if need_gap else {})}
             return logits.sum() * 0.0
-        divergences, gaps = [], []
-        logliks = sequence_logliks(logits, input_ids, mask) if need_gap else None
-        for row_a, row_b, (pa, pb) in chosen:
-            if pa:
-                logp_a = torch.log_softmax(logits[row_a, pa].float(), -1)
-                logp_b = torch.log_softmax(logits[row_b, pb].float(), -1)
-                divergences.append(divergence(logp_a, logp_b, self.config.divergence).mean())
-            if need_gap:
-                gaps.append(logliks[row_a] - logliks[row_b])
-        term = torch.stack(divergences).mean() if divergences else logits.sum() * 0.0
+        # every aligned position of every pair gathered in one indexing op: indexing the logits once
+        # per pair made autograd scatter a batch-sized zero tensor per pair on the way back, which
+        # was a fifth of the step
+        with_positions = [(a, b, pa, pb) for a, b, (pa, pb) in chosen if pa]
+        term = logits.sum() * 0.0
+        if with_positions:
+            device = logits.device
+            slot = torch.tensor([k for k, (_, _, pa, _) in enumerate(with_positions) for _ in pa], device=device)
+            rows_a = torch.tensor([a for a, _, pa, _ in with_positions for _ in pa], device=device)
+            rows_b = torch.tensor([b for _, b, _, pb in with_positions for _ in pb], device=device)
+            cols_a = torch.tensor([p for _, _, pa, _ in with_positions for p in pa], device=device)
+            cols_b = torch.tensor([p for _, _, _, pb in with_positions for p in pb], device=device)
+            logp_a = torch.log_softmax(logits[rows_a, cols_a].float(), -1)
+            logp_b = torch.log_softmax(logits[rows_b, cols_b].float(), -1)
+            per_position = divergence(logp_a, logp_b, self.config.divergence)
+            n_pairs = len(with_positions)
+            sums = torch.zeros(n_pairs, device=device).index_add(0, slot, per_position)
+            term = (sums / torch.bincount(slot, minlength=n_pairs)).mean()   # each pair weighs the same
         self.last = {"divergence": float(term.detach())}
         if need_gap:
-            gap_sq = torch.stack(gaps).pow(2).mean()
-            self.last["loglik_gap_abs"] = float(torch.stack(gaps).detach().abs().mean())
-            term = term + self.config.loglik_gap * gap_sq
+            logliks = sequence_logliks(logits, input_ids, mask)
+            index_a = torch.tensor([a for a, _, _ in chosen], device=logits.device)
+            index_b = torch.tensor([b for _, b, _ in chosen], device=logits.device)
+            gaps = logliks[index_a] - logliks[index_b]
+            self.last["loglik_gap_abs"] = float(gaps.detach().abs().mean())
+            term = term + self.config.loglik_gap * gaps.pow(2).mean()
         return term
 
     def measure(self, model: Any) -> float:
