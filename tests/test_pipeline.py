@@ -13,7 +13,7 @@ from fairtune.pipeline.recipe import builtin_recipes, load_recipe
 
 def test_every_shipped_recipe_validates():
     names = set(builtin_recipes())
-    assert {"quick", "gender", "extrapolation", "guardrails", "methods"} <= names
+    assert {"quick", "gender", "gender-methods", "debias", "extrapolation", "guardrails", "methods"} <= names
     for name in names:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.arms

@@ -457,8 +457,8 @@ def _run_stages(start):
 
 @app.command("run")
 def run_command(
-    recipe: Annotated[str, typer.Argument(help="A shipped recipe (quick, gender, extrapolation, guardrails, "
-                                                "methods) or a recipe YAML file.")] = "quick",
+    recipe: Annotated[str, typer.Argument(help="A shipped recipe (quick, gender, gender-methods, debias, "
+                                                "extrapolation, guardrails, methods) or a recipe YAML file.")] = "quick",
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<recipe>); stages are "
                                                      "cached there, so a re-run resumes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
