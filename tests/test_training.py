@@ -569,8 +569,12 @@ def test_bf16_mixed_precision_trains_and_saves_float32_weights(tiny_dir, data_fi
     assert load_config({"data": [str(data_files["train"])], "mixed_precision": False}).mixed_precision == "no"
     with pytest.raises(InputError, match="mixed_precision"):
         load_config({"data": [str(data_files["train"])], "mixed_precision": "fp8"})
-    result = train(config(tiny_dir, data_files, tmp_path, method={"name": "full"}, optim={"lr": 5e-3},
+    # a float32 run first, in the same process: accelerate's process-wide state must not pin its precision
+    train(config(tiny_dir, data_files, tmp_path / "fp32", method={"name": "full"}, optim={"max_steps": 1}))
+    result = train(config(tiny_dir, data_files, tmp_path / "bf16", method={"name": "full"}, optim={"lr": 5e-3},
                           mixed_precision="bf16"))
+    from accelerate.state import AcceleratorState
+    assert AcceleratorState().mixed_precision == "bf16"
     assert {w.dtype for w in final_weights(result).values()} == {torch.float32}
     assert training_nll(load_model(str(result.merged_dir)), data_files) < training_nll(
         load_model(str(tiny_dir)), data_files)

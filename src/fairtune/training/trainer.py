@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fairtune.engine.device import model_device
-from fairtune.errors import FairtuneError
+from fairtune.errors import FairtuneError, InputError
 from fairtune.training.checkpoint import Checkpointer, TrainState, rng_states
 from fairtune.training.config import TrainConfig
 from fairtune.training.data import IGNORE, Example, collate, padding_share, plan_batches
@@ -49,13 +49,12 @@ def train(config: TrainConfig, *, progress: bool = False, resume: bool = True, l
     into ``config.out``. With ``resume``, a checkpoint in ``config.out`` is continued. ``on_step``
     receives each log record (live plots in a notebook, or a test that kills the run)."""
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from fairtune.models import load_model
 
     started = time.perf_counter()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    accelerator = _accelerator(config.mixed_precision)
     set_seed(config.seed)
     inputs = prepare_inputs(config)                      # reads and validates files: fails before the model
     loaded = loaded or load_model(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
@@ -190,6 +189,24 @@ class _Terms:
     penalties: list
     objectives: list
     sft_weight: float = 1.0
+
+
+def _accelerator(mixed_precision: str) -> Any:
+    """An Accelerator with this run's precision. accelerate keeps one process-wide state and refuses
+    a second precision in the same process, which a notebook, a test session or a recipe whose arms
+    differ in precision needs; in a single process that state holds nothing else worth keeping, so it
+    is rebuilt. Under ``accelerate launch`` the launcher's state stays and a mismatch is named."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")     # None before the first Accelerator
+    if current is not None and current != mixed_precision:
+        if PartialState().num_processes > 1:
+            raise InputError(f"mixed_precision: {mixed_precision!r} differs from {current!r}, already set in this "
+                             "distributed process; use one precision per launch")
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
 
 
 def _setup_objectives(objectives: list, model: Any, encoded: Any) -> list[Example]:
