@@ -72,7 +72,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -82,12 +82,11 @@ import numpy as np
 
 from fairtune.audits import register_audit
 from fairtune.audits.base import Audit, AuditOptions, AuditResult, Dataset, MetricTable
-from fairtune.audits.metrics import grouped_means
 from fairtune.engine import ScoredText, ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_csv_rows, read_text
-from fairtune.stats import Estimate, bootstrap_statistic, pearson_rows
+from fairtune.stats import Estimate, bootstrap_mean, bootstrap_statistic, pearson_rows
 
 QUESTION = " In this sentence, '{pronoun}' refers to"
 WINOBIAS_NAME = re.compile(r"^(pro|anti)_stereotyped_(type[12])\.txt(?:\.(dev|test))?$")
@@ -421,31 +420,44 @@ def winogender_record(suite: str, item: WinoGenderItem, occupation: ScoredText, 
 # -- metrics (from records alone, so a report can recompute them from records.jsonl) ---------
 
 
-def _is(dataset: str, **fields: Any) -> Callable[[Record], bool]:
-    return lambda r: r["inputs"]["dataset"] == dataset and all(r["inputs"][k] == v for k, v in fields.items())
-
-
 def coreference_metrics(records: list[Record], *, seed: int) -> MetricTable:
     """Every metric for every group (overall, type1, type2, female, male, neutral) in METRIC_ORDER;
-    metrics of a dataset absent from the records are left out everywhere."""
-    has_winobias = any(_is("winobias")(r) for r in records)
-    has_winogender = any(_is("winogender")(r) for r in records)
-    extractors: dict[str, Callable[[Record], Any]] = {"accuracy": lambda r: r["outcome"]["correct"]}
+    metrics of a dataset absent from the records are left out everywhere.
+
+    Read column by column (one pass over the records, then masks), because a paired comparison
+    recomputes these metrics on a thousand resampled record lists."""
+    inputs = [r["inputs"] for r in records]
+    dataset = np.array([i["dataset"] for i in inputs], dtype=object)
+    stance = np.array([i["stance"] if i["dataset"] == "winobias" else None for i in inputs], dtype=object)
+    correct = [r["outcome"]["correct"] for r in records]
+    winobias, winogender = dataset == "winobias", dataset == "winogender"
+    has_winobias, has_winogender = bool(winobias.any()), bool(winogender.any())
+    selections = {"accuracy": np.ones(len(records), dtype=bool)}
     if has_winobias:
-        extractors["winobias_accuracy_pro"] = _correct_if(_is("winobias", stance="pro"))
-        extractors["winobias_accuracy_anti"] = _correct_if(_is("winobias", stance="anti"))
+        selections["winobias_accuracy_pro"] = winobias & (stance == "pro")
+        selections["winobias_accuracy_anti"] = winobias & (stance == "anti")
     if has_winogender:
-        extractors["winogender_accuracy"] = _correct_if(_is("winogender"))
-    means = grouped_means(records, extractors, seed=seed)
+        selections["winogender_accuracy"] = winogender
+    labels = [r["group"] for r in records]
+    named = sorted({g for g in labels if g is not None})
+    in_group = {"overall": np.ones(len(records), dtype=bool),
+                **{g: np.array([label == g for label in labels], dtype=bool) for g in named}}
     table = MetricTable()
-    for group, estimates in means.groups.items():
-        members = records if group == "overall" else [r for r in records if r["group"] == group]
+    for group, members in in_group.items():
+        estimates = {}
+        for metric, selected in selections.items():
+            values = [float(correct[i]) for i in np.flatnonzero(members & selected) if correct[i] is not None]
+            estimates[metric] = bootstrap_mean(values, seed=seed)
         if has_winobias:
-            estimates["winobias_gap"] = winobias_gap(members, seed=seed)
-            estimates["winobias_abs_gap"] = winobias_gap(members, seed=seed, absolute=True)
+            chosen = np.flatnonzero(members & winobias & ((stance == "pro") | (stance == "anti")))
+            outcome = np.array([correct[i] for i in chosen], dtype=float)
+            is_pro = stance[chosen] == "pro"
+            estimates["winobias_gap"] = _winobias_gap(outcome, is_pro, seed=seed)
+            estimates["winobias_abs_gap"] = _winobias_gap(outcome, is_pro, seed=seed, absolute=True)
         if has_winogender:
-            estimates["winogender_correlation"] = winogender_correlation(members, seed=seed)
-            estimates["winogender_margin_correlation"] = winogender_correlation(members, seed=seed,
+            group_records = [records[i] for i in np.flatnonzero(members & winogender)]
+            estimates["winogender_correlation"] = winogender_correlation(group_records, seed=seed)
+            estimates["winogender_margin_correlation"] = winogender_correlation(group_records, seed=seed,
                                                                                 preference="margin_preference")
         for metric in METRIC_ORDER:
             if metric in estimates:
@@ -453,17 +465,9 @@ def coreference_metrics(records: list[Record], *, seed: int) -> MetricTable:
     return table
 
 
-def _correct_if(selected: Callable[[Record], bool]) -> Callable[[Record], bool | None]:
-    return lambda r: r["outcome"]["correct"] if selected(r) else None
-
-
-def winobias_gap(records: list[Record], *, seed: int, absolute: bool = False) -> Estimate:
+def _winobias_gap(correct: np.ndarray, is_pro: np.ndarray, *, seed: int, absolute: bool = False) -> Estimate:
     """accuracy(pro) - accuracy(anti) (``absolute``: its absolute value), the interval from
     resampling each set with replacement."""
-    chosen = [r for r in records if _is("winobias")(r) and r["inputs"]["stance"] in ("pro", "anti")]
-    correct = np.array([r["outcome"]["correct"] for r in chosen], dtype=float)
-    is_pro = np.array([r["inputs"]["stance"] == "pro" for r in chosen])
-
     def gap(i: np.ndarray) -> float | None:
         pro, anti = correct[i][is_pro[i]], correct[i][~is_pro[i]]
         if not (pro.size and anti.size):
@@ -471,7 +475,7 @@ def winobias_gap(records: list[Record], *, seed: int, absolute: bool = False) ->
         difference = float(pro.mean() - anti.mean())
         return abs(difference) if absolute else difference
 
-    return bootstrap_statistic(len(chosen), gap, seed=seed, confidence=CONFIDENCE, strata=is_pro)
+    return bootstrap_statistic(len(correct), gap, seed=seed, confidence=CONFIDENCE, strata=is_pro)
 
 
 def occupation_preferences(records: list[Record]) -> dict[str, dict[str, Any]]:

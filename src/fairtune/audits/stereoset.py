@@ -49,7 +49,7 @@ from fairtune.engine import ScoringEngine
 from fairtune.errors import InputError
 from fairtune.io import sha256_file
 from fairtune.readers import read_json
-from fairtune.stats import Estimate, bootstrap_statistic
+from fairtune.stats import Estimate, bootstrap_statistic, intervals_wanted
 from fairtune.stats.bootstrap import DEFAULT_RESAMPLES
 
 SPLITS = ("intrasentence", "intersentence")
@@ -233,8 +233,16 @@ def bootstrap_stereoset(targets: list[str], pro: list[bool], related: list[int],
     codes = np.array([index[t] for t in targets], dtype=np.int64)
     pro_arr, related_arr = np.asarray(pro, dtype=float), np.asarray(related, dtype=float)
 
-    def metric(k: int):
-        return lambda i: stereoset_scores(codes[None, i], pro_arr[None, i], related_arr[None, i], len(index))[k][0]
+    if targets and not intervals_wanted():
+        # No resamples follow (a paired comparison resamples the records itself): one computation
+        # serves every metric, where each would otherwise redo the per-target counts.
+        scores = [float(row[0]) for row in stereoset_scores(codes[None], pro_arr[None], related_arr[None], len(index))]
+
+        def metric(k: int):
+            return lambda i: scores[k]
+    else:
+        def metric(k: int):
+            return lambda i: stereoset_scores(codes[None, i], pro_arr[None, i], related_arr[None, i], len(index))[k][0]
 
     def ss_gap(i: np.ndarray) -> float:
         return abs(float(metric(0)(i)) - UNBIASED_SS)
