@@ -33,3 +33,24 @@ def test_system_prompt_and_message_lists(tiny_loaded):
                 {"role": "user", "content": "Bye"}]
     [gen] = engine.generate([dialogue])
     assert gen.prompt_text.count("<|im_start|>") == 4
+
+
+def test_batches_respect_row_and_token_limits(tiny_loaded, monkeypatch):
+    # rows x (longest prompt + budget) stays within max_batch_tokens, except a lone prompt that alone exceeds it
+    engine = GenerationEngine.from_loaded(tiny_loaded, batch_size=3, max_new_tokens=5, max_batch_tokens=60)
+    shapes = []
+    generate = tiny_loaded.model.generate
+
+    def recording(**kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(tiny_loaded.model, "generate", recording)
+    prompts = PROMPTS + ["Hi again", "Yes?", "No.", "Why " * 40]
+    replies = engine.generate(prompts)
+    assert sum(rows for rows, _ in shapes) == len(prompts)
+    assert all(rows <= 3 for rows, _ in shapes)
+    assert all(rows * (width + 5) <= 60 for rows, width in shapes if rows > 1)
+    assert any(rows == 1 and width + 5 > 60 for rows, width in shapes)      # the long prompt, alone
+    single = GenerationEngine.from_loaded(tiny_loaded, batch_size=1, max_new_tokens=5).generate(prompts)
+    assert [g.text for g in replies] == [g.text for g in single]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fairtune.engine.generation import DEFAULT_GENERATION_BATCH
 from fairtune.engine.scoring import DEFAULT_MAX_BATCH_TOKENS
 from fairtune.stats import Estimate
 
@@ -23,7 +24,7 @@ class AuditOptions:
     progress: bool = False
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_new_tokens: int = 48          # generation budget for generative audits
-    generation_batch_size: int = 8
+    generation_batch_size: int = DEFAULT_GENERATION_BATCH
     reference: Any = None             # a LoadedModel to compare against (capability drift)
     responses: Path | None = None     # outputs the user already has (counterfactual)
     judges: tuple[str, ...] = ()      # extra refusal judges, e.g. "model:/path" (safety audits)

@@ -41,7 +41,7 @@ from typing import Any
 
 from fairtune.curation.hygiene import normalise
 from fairtune.curation.records import record_key, validate_record
-from fairtune.engine.generation import Generation, GenerationEngine
+from fairtune.engine.generation import DEFAULT_GENERATION_BATCH, Generation, GenerationEngine
 from fairtune.errors import InputError
 from fairtune.judges.refusal import DEGENERATE, EMPTY, triage
 from fairtune.judges.text_scores import is_refusal
@@ -137,7 +137,7 @@ def screen(generation: Generation, *, min_words: int) -> tuple[str | None, str, 
 
 def generate_corpus(loaded: Any, *, n: int, topics: list[str] | None = None, seed: int = 0,
                     max_new_tokens: int = 96, temperature: float = 0.8, top_p: float = 0.95,
-                    batch_size: int = 8, progress: bool = False, min_words: int = 8,
+                    batch_size: int = DEFAULT_GENERATION_BATCH, progress: bool = False, min_words: int = 8,
                     max_generations: int | None = None) -> tuple[list[dict], dict]:
     """``n`` chat records (topic, the model's reply) and the stats of how they were made.
 
