@@ -76,3 +76,38 @@ def test_two_processes_sharing_a_stage_build_it_once(tmp_path):
         assert process.exitcode == 0
     assert counter.read_text().splitlines() == ["built"]
     assert json.loads((target / STAGE_FILE).read_text())["key"] == "same-key"
+
+
+def _fingerprint(path: str) -> None:
+    from fairtune.models.cache import file_fingerprint
+
+    file_fingerprint(path)
+
+
+def test_concurrent_fingerprints_all_reach_the_memo(tmp_path, monkeypatch):
+    # Each process reads the memo, adds its file and writes it back, slowly: without a lock
+    # they would overwrite each other's entries.
+    from fairtune import io
+    from fairtune.models import cache
+
+    monkeypatch.setenv("FAIRTUNE_CACHE", str(tmp_path / "cache"))
+    write = io.write_json
+
+    def slow_write(path, obj):
+        time.sleep(0.3)
+        write(path, obj)
+
+    monkeypatch.setattr(cache, "write_json", slow_write)
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"weights-{i}.bin")
+        files[-1].write_bytes(bytes([i]) * 1000)
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_fingerprint, args=(str(f),)) for f in files]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    memo = json.loads((tmp_path / "cache" / "fingerprints.json").read_text())
+    assert sorted(k.split("|")[0] for k in memo) == sorted(str(f.resolve()) for f in files)

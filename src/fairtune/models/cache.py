@@ -32,17 +32,31 @@ def file_fingerprint(path: str | Path) -> str:
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
     memo_path = cache_root() / "fingerprints.json"
+    memo = _read_memo(memo_path)
+    if key in memo:
+        return memo[key]
+    digest = sha256_file(path)
+    try:
+        from filelock import FileLock
+
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        # Read, add, write under a lock: two processes fingerprinting at once would each write
+        # the memo they read and drop the other's entry.
+        with FileLock(str(memo_path) + ".lock", timeout=60):
+            memo = _read_memo(memo_path)
+            memo[key] = digest
+            write_json(memo_path, memo)
+    except OSError:
+        pass  # a read-only or busy cache only costs a re-hash next time
+    return digest
+
+
+def _read_memo(memo_path: Path) -> dict[str, str]:
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        memo = {}
-    if key not in memo:
-        memo[key] = sha256_file(path)
-        try:
-            write_json(memo_path, memo)
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
-    return memo[key]
+        return {}
+    return memo if isinstance(memo, dict) else {}
 
 
 def dir_fingerprint(directory: str | Path) -> str:
