@@ -88,3 +88,12 @@ def test_summary_table_formats_rates_as_percent_with_intervals():
     console.print(summary_table(summary))
     text = console.export_text()
     assert "54.5 [47.3, 62.3]" in text and "3.83 [3.37, 4.36]" in text and "167" in text
+
+
+def test_format_estimate_without_an_interval():
+    from fairtune.console import format_estimate
+
+    assert format_estimate("refusal_rate", {"value": 1.0, "ci_low": None, "ci_high": None}) == "1.00"
+    assert format_estimate("refusal_rate", {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75}) == "0.50 [0.25, 0.75]"
+    assert format_estimate("pct_stereotype", {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}) == "50.0 [40.0, 60.0]"
+    assert format_estimate("refusal_rate", {"value": None, "ci_low": None, "ci_high": None}) == "-"

@@ -430,13 +430,13 @@ def align_command(
                        seed=seed, progress=progress)
         typer.echo(f"aligned model{' (cached)' if result.cached else ''}: {result.merged_dir}")
         if verify:
+            from fairtune.console import format_estimate
             from fairtune.runner import run_audit
 
             for suite, metric in (("refusal", "refusal_rate"), ("over-refusal", "over_refusal_rate")):
                 run = run_audit(suite, model=str(result.merged_dir), progress=progress)
                 estimate = run.summary["metrics"]["overall"][metric]
-                typer.echo(f"{suite}: {metric} {estimate['value']:.3f} "
-                           f"[{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
+                typer.echo(f"{suite}: {metric} {format_estimate(metric, estimate)}")
     except FairtuneError as exc:
         raise _fail(str(exc), exc.exit_code) from None
 

@@ -8,7 +8,7 @@ from rich import box
 from rich.table import Table
 
 
-def _format(metric: str, estimate: dict[str, Any]) -> str:
+def format_estimate(metric: str, estimate: dict[str, Any]) -> str:
     """``54.5 [47.3, 62.3]`` for rates (in percent), ``3.83 [3.37, 4.36]`` for other metrics."""
     value, low, high = estimate["value"], estimate["ci_low"], estimate["ci_high"]
     if value is None:
@@ -45,6 +45,6 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_column(_header(name), justify="right", no_wrap=True)
     for group, row in metrics.items():
         n = max((row[name]["n"] for name in names if name in row), default=0)
-        table.add_row(group, str(n), *[_format(name, row[name]) if name in row else "-" for name in names],
+        table.add_row(group, str(n), *[format_estimate(name, row[name]) if name in row else "-" for name in names],
                       end_section=group == "overall")
     return table
