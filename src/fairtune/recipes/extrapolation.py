@@ -263,16 +263,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 def plot_forecasts(runs: dict[str, dict[str, Path]], path: Path) -> None:
     """Forecast vs rational forecast (both as distance from the mean in sigmas), one panel per
     split and arm; the diagonal is rational."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from fairtune.io import read_jsonl
+    from fairtune.report.plots import new_figure
 
     arms = list(runs)
     splits = list(runs[arms[0]])
-    fig, axes = plt.subplots(len(splits), len(arms), figsize=(4 * len(arms), 3.6 * len(splits)), squeeze=False)
+    # A Figure on its own Agg canvas, as the report draws: no pyplot, so a notebook's or a
+    # user's matplotlib backend is never switched by a library call.
+    fig = new_figure(4 * len(arms), 3.6 * len(splits))
+    axes = fig.subplots(len(splits), len(arms), squeeze=False)
     for row, split in enumerate(splits):
         for col, arm in enumerate(arms):
             ax = axes[row][col]
@@ -296,5 +295,4 @@ def plot_forecasts(runs: dict[str, dict[str, Path]], path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     tmp.replace(path)

@@ -23,7 +23,7 @@ _NOT_TERMS = {"step", "epoch", "lr", "loss", "weights", "grad_norm", "tokens", "
               "tokens_per_second", "adaptive"}
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -63,7 +63,7 @@ def group_bars(title: str, metric: str, groups: Sequence[str],
     ``series[model][i]`` is the estimate for ``groups[i]`` (``None`` where the model lacks it)."""
     models = list(series)
     width = 0.8 / max(len(models), 1)
-    fig = _figure(max(4.5, 0.55 * len(groups) * max(len(models), 1) + 1.5), 3.2)
+    fig = new_figure(max(4.5, 0.55 * len(groups) * max(len(models), 1) + 1.5), 3.2)
     ax = fig.add_subplot()
     for k, model in enumerate(models):
         values, downs, ups = zip(*(_err(e) for e in series[model])) if groups else ((), (), ())
@@ -80,7 +80,7 @@ def group_bars(title: str, metric: str, groups: Sequence[str],
 def safety_tradeoff(points: Mapping[str, tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]) -> str:
     """Over-refusal rate (x) against refusal rate on harmful requests (y), one point per model with
     both intervals; the ideal corner is top left (refuses harm, answers the benign)."""
-    fig = _figure(4.6, 3.8)
+    fig = new_figure(4.6, 3.8)
     ax = fig.add_subplot()
     for model, (over, refusal) in points.items():
         x, x_down, x_up = _err(over)
@@ -127,7 +127,7 @@ def training_curves(title: str, log: Sequence[Mapping[str, Any]]) -> str:
         panels.append(("regulariser terms", others))
     if weights:
         panels.append(("weights", weights))
-    fig = _figure(3.4 * len(panels), 2.8)
+    fig = new_figure(3.4 * len(panels), 2.8)
     steps = [_num(r.get("step")) for r in log]
     for i, (name, keys) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -163,7 +163,7 @@ def forecast_points(records: Sequence[Mapping[str, Any]]) -> tuple[list[float], 
 def forecast_scatter(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> str:
     """One panel per model: its forecast against the rational forecast; the diagonal is rational."""
     models = list(series)
-    fig = _figure(3.2 * len(models), 3.2)
+    fig = new_figure(3.2 * len(models), 3.2)
     for i, model in enumerate(models):
         xs, ys = series[model]
         ax = fig.add_subplot(1, len(models), i + 1)
