@@ -100,3 +100,15 @@ def test_reference_naming_the_audited_model_is_not_loaded_twice(tiny_dir, monkey
     run = run_audit("capability", model=str(tiny_dir), reference=str(tiny_dir), max_new_tokens=4)
     assert len(calls) == 1
     assert run.summary["reference_model"]["fingerprint"] == run.summary["model"]["fingerprint"]
+
+
+def test_inherited_metric_declarations_cannot_be_written_into():
+    from fairtune.audits.base import Audit
+
+    class Partial(Audit):   # declares none of the mappings, so it sees the base class's
+        name = "partial"
+
+    for declaration in ("metric_goals", "binary_outcomes", "bias_gaps"):
+        with pytest.raises(TypeError):
+            getattr(Partial, declaration)["x"] = "lower"
+        assert "x" not in getattr(Audit, declaration)

@@ -7,8 +7,10 @@ audits, bundles can pick them up, and contract tests check every one of them the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from fairtune.engine.generation import DEFAULT_GENERATION_BATCH
@@ -83,19 +85,21 @@ class Audit(ABC):
     data_format: ClassVar[str]                    # what --data accepts
     headline_metrics: ClassVar[tuple[str, ...]]
     bundles: ClassVar[tuple[str, ...]] = ()       # named bundles besides "all", e.g. ("gender",)
+    # The mappings below default to read-only empties: a subclass that forgot to define its own and
+    # wrote into the inherited one would otherwise change every audit's.
     accepts_system_prompt: ClassVar[bool] = False  # honours AuditOptions.system_prompt
     # Which way each metric should move, for ``fairtune compare``: "higher", "lower", or the ideal
     # value itself (closer is better: 0.5 for a share of stereotyped pairs, 0 for a bias score).
     # A metric left out has no agreed direction, and a change in it is reported as "unknown".
-    metric_goals: ClassVar[dict[str, str | float]] = {}
+    metric_goals: ClassVar[Mapping[str, str | float]] = MappingProxyType({})
     # Metrics that are the mean of a 0/1 ``outcome`` field over the records they cover, mapped to
     # that field (refusal_rate -> "refused"): paired runs then test them with McNemar's test.
-    binary_outcomes: ClassVar[dict[str, str]] = {}
+    binary_outcomes: ClassVar[Mapping[str, str]] = MappingProxyType({})
     # The bias audit's explicit gap metrics (each with goal 0: an absolute distance from no bias),
     # mapped to the task-accuracy metric to show beside it, or None where the audit measures no
     # task accuracy: a paired comparison's interval on the gap says whether "the gap shrank",
     # and the accuracy beside it whether it shrank because the model got worse at the task.
-    bias_gaps: ClassVar[dict[str, str | None]] = {}
+    bias_gaps: ClassVar[Mapping[str, str | None]] = MappingProxyType({})
 
     @abstractmethod
     def load(self, path: Path | None, options: AuditOptions) -> Dataset:
