@@ -16,7 +16,7 @@ from fairtune.errors import InputError
 from fairtune.training import load_config, train
 from fairtune.training.data import encode_record
 from fairtune.training.objectives import OBJECTIVES, ObjectiveContext
-from fairtune.training.objectives.counterfactual_pairing import aligned_positions
+from fairtune.training.objectives.counterfactual_pairing import CounterfactualPairing, aligned_positions
 from fairtune.training.trainer import Interrupted
 
 OCCUPATIONS = ["welder", "florist", "surveyor", "baker", "pilot", "tailor", "clerk", "miner", "editor", "judge"]
@@ -115,6 +115,34 @@ def test_counterfactual_pairing_is_zero_on_identical_members_and_positive_otherw
             only_trainable_grads(model)
         else:
             assert float(term.detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_centred_loglik_gap_keeps_a_shared_offset_and_penalises_what_the_context_adds():
+    fm = ("female", "male")
+    # the same offset read from pairs stored in either order: nothing left to penalise
+    same = CounterfactualPairing._centred(torch.tensor([2.0, -2.0, 2.0]), [(1.0, fm), (-1.0, fm), (1.0, fm)])
+    assert torch.allclose(same, torch.zeros(3))
+    # one pair leans further than the others: only its excess (and the mean's shift) remains
+    lean = CounterfactualPairing._centred(torch.tensor([2.0, 1.0]), [(1.0, fm), (1.0, fm)])
+    assert torch.allclose(lean, torch.tensor([0.5, -0.5]))
+    # a pair whose two values no other pair in the batch shares is compared with nothing
+    alone = CounterfactualPairing._centred(torch.tensor([3.0, 1.0, 1.0]),
+                                           [(1.0, ("female", "neutral")), (1.0, fm), (1.0, fm)])
+    assert torch.allclose(alone, torch.zeros(3))
+
+
+def test_centred_pairing_term_is_smaller_than_the_zero_target_on_a_shared_offset(tiny_loaded):
+    tokenizer = tiny_loaded.tokenizer
+    examples = encode(pair_rows(6), tokenizer)
+    model = lora(tiny_loaded)
+    terms = {}
+    for target in ("zero", "batch_mean"):
+        pairing = objective("counterfactual_pairing", tokenizer, loglik_gap=1.0, loglik_gap_target=target)
+        pairing.setup(model, examples, [], [], [])
+        with torch.no_grad():
+            terms[target] = float(pairing.penalty(model, step_outputs(model, examples, tokenizer.pad_token_id)))
+    # the centred gaps are the zero-target gaps minus their mean: never a larger sum of squares
+    assert terms["batch_mean"] < terms["zero"]
 
 
 def test_counterfactual_pairing_pairs_partners_into_one_batch_and_only_across_values(tiny_loaded):

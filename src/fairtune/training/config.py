@@ -118,6 +118,10 @@ class CounterfactualPairing(_Strict):
     axis: Literal[AXES] = "gender"
     divergence: Literal["jsd", "symmetric_kl"] = "jsd"
     loglik_gap: float = Field(0.0, ge=0)
+    # "zero" pulls every pair's log-likelihood gap to 0; "batch_mean" pulls it to the batch's mean gap
+    # in the same direction (female - male, say), so a word-frequency offset shared by every pair
+    # stays and only the part of the gap that depends on the context is trained away
+    loglik_gap_target: Literal["zero", "batch_mean"] = "zero"
     values: list[str] | None = None          # pair only members with these values; None: any two
     held_out: int = Field(16, ge=0)          # pairs held back from training (adaptive ``held_out``)
 

@@ -8,7 +8,8 @@ For each pair of training rows that share ``meta.group`` and differ in ``meta.at
 whose next token is the same in both sequences is compared. The term is the mean, over pairs, of
 the mean divergence of the two next-token distributions at those positions (Jensen-Shannon by
 default, or symmetric KL), plus ``loglik_gap`` times the squared difference of the two
-sequences' total log-likelihoods. Positions before the first difference see the same prefix and
+sequences' total log-likelihoods (or, with ``loglik_gap_target: batch_mean``, of that difference
+and the batch's mean difference in the same direction). Positions before the first difference see the same prefix and
 cannot differ, so a pair of identical texts costs exactly 0.
 
 This is the counterfactual logit pairing of Garg et al. (2019, "Counterfactual Fairness in Text
@@ -110,9 +111,16 @@ class CounterfactualPairing(Objective):
         kept = set(groups[:self.config.held_out]) if len(groups) > 2 * self.config.held_out else set()
         return {i for i, e in enumerate(examples) if e.group in kept}, set()
 
+    def _direction(self, examples: list, i: int, j: int) -> tuple[float, tuple[str, str]]:
+        """The pair's two values in a fixed order, and +1 when ``i`` holds the first of them: a gap
+        read as ``sign * (loglik_i - loglik_j)`` always means the same thing (female - male)."""
+        a, b = str(examples[i].attributes[self.config.axis]), str(examples[j].attributes[self.config.axis])
+        return (1.0, (a, b)) if a < b else (-1.0, (b, a))
+
     def setup(self, model: Any, examples: list, contexts: list, held_examples: list, held_contexts: list) -> None:
         self.pairs = {(i, j): aligned_positions(examples[i].input_ids, examples[j].input_ids)
                       for i, j in self._pairs(examples)}
+        self.directions = {(i, j): self._direction(examples, i, j) for i, j in self.pairs}
         self.held_back = held_examples
 
     def units(self, examples: list) -> list[list[int]]:
@@ -137,11 +145,12 @@ class CounterfactualPairing(Objective):
 
     def penalty(self, model: Any, outputs: Any) -> Any:
         row_of = {index: row for row, index in enumerate(outputs.train_indices)}
-        chosen = [(row_of[i], row_of[j], positions) for (i, j), positions in self.pairs.items()
-                  if i in row_of and j in row_of]
-        return self._term(outputs.train_logits, outputs.train_input_ids, outputs.train_mask, chosen)
+        kept = [(i, j) for i, j in self.pairs if i in row_of and j in row_of]
+        chosen = [(row_of[i], row_of[j], self.pairs[i, j]) for i, j in kept]
+        return self._term(outputs.train_logits, outputs.train_input_ids, outputs.train_mask, chosen,
+                          [self.directions[pair] for pair in kept])
 
-    def _term(self, logits: Any, input_ids: Any, mask: Any, chosen: list) -> Any:
+    def _term(self, logits: Any, input_ids: Any, mask: Any, chosen: list, directions: list) -> Any:
         import torch
 
         need_gap = self.config.loglik_gap > 0
@@ -173,8 +182,26 @@ class CounterfactualPairing(Objective):
             index_b = torch.tensor([b for _, b, _ in chosen], device=logits.device)
             gaps = logliks[index_a] - logliks[index_b]
             self.last["loglik_gap_abs"] = float(gaps.detach().abs().mean())
+            if self.config.loglik_gap_target == "batch_mean":
+                gaps = self._centred(gaps, directions)
             term = term + self.config.loglik_gap * gaps.pow(2).mean()
         return term
+
+    @staticmethod
+    def _centred(gaps: Any, directions: list) -> Any:
+        """Each gap, read in its pair's fixed direction, minus the mean of the batch's gaps between
+        the same two values. A squared gap pulled to zero shrinks the context's share of every gap
+        and a global offset (one word likelier than the other everywhere) alike, so each pair keeps
+        its sign; pulled to the shared offset, only the context's share goes. A pair alone with its
+        two values in the batch has nothing to be compared with and counts 0."""
+        import torch
+
+        signs = torch.tensor([sign for sign, _ in directions], device=gaps.device, dtype=gaps.dtype)
+        oriented = gaps * signs
+        keys = sorted({key for _, key in directions})
+        slot = torch.tensor([keys.index(key) for _, key in directions], device=gaps.device)
+        sums = torch.zeros(len(keys), device=gaps.device, dtype=gaps.dtype).index_add(0, slot, oriented)
+        return oriented - (sums / torch.bincount(slot, minlength=len(keys)))[slot]
 
     def measure(self, model: Any) -> float:
         import torch
@@ -182,14 +209,15 @@ class CounterfactualPairing(Objective):
         examples = self.held_back
         if not examples:
             return 0.0
-        pairs = [(i, j, aligned_positions(examples[i].input_ids, examples[j].input_ids))
-                 for i, j in self._pairs(examples)]
+        kept = self._pairs(examples)
+        pairs = [(i, j, aligned_positions(examples[i].input_ids, examples[j].input_ids)) for i, j in kept]
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 output, ids, mask = forward_rows(model, [e.input_ids for e in examples], self.context.pad_id)
-                return float(self._term(output.logits, ids, mask, pairs))
+                return float(self._term(output.logits, ids, mask, pairs,
+                                        [self._direction(examples, i, j) for i, j in kept]))
         finally:
             model.train(was_training)
 
