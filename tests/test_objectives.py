@@ -131,6 +131,36 @@ def test_centred_loglik_gap_keeps_a_shared_offset_and_penalises_what_the_context
     assert torch.allclose(alone, torch.zeros(3))
 
 
+def test_swap_offset_target_learns_each_swaps_offset_and_penalises_only_the_contexts_share(tiny_loaded):
+    tokenizer = tiny_loaded.tokenizer
+    pairing = objective("counterfactual_pairing", tokenizer, loglik_gap=1.0, loglik_gap_target="swap_offset")
+    pairing.setup(None, [], [], [], [])
+    fm = ("female", "male")
+    she, her = (fm, (((1,), (2,)),)), (fm, (((3,), (4,)),))
+    # first sight of a swap: compared with its batch mean; the means are remembered per swap
+    first = pairing._from_offsets(torch.tensor([2.0, 4.0, -1.0]), [(1.0, she), (1.0, she), (-1.0, her)], True)
+    assert torch.allclose(first, torch.tensor([-1.0, 1.0, 0.0]))
+    assert pairing.offsets == {she: (3.0, 1), her: (1.0, 1)}
+    # later batches: each gap against its own swap's running offset, not the other swap's
+    later = pairing._from_offsets(torch.tensor([3.0, 1.0]), [(1.0, she), (1.0, her)], False)
+    assert torch.allclose(later, torch.zeros(2))
+    assert pairing.offsets == {she: (3.0, 1), her: (1.0, 1)}       # measuring learns nothing
+
+
+def test_swap_offset_keys_pairs_by_their_swapped_tokens(tiny_loaded):
+    tokenizer = tiny_loaded.tokenizer
+    examples = encode(pair_rows(4), tokenizer)
+    pairing = objective("counterfactual_pairing", tokenizer, loglik_gap=1.0, loglik_gap_target="swap_offset")
+    pairing.setup(None, examples, [], [], [])
+    # every pair swaps she for he, in whichever order its rows came: one key, female side first
+    keys = {key for _, key in pairing.directions.values()}
+    assert len(keys) == 1
+    (values, swapped), = keys
+    female = tokenizer.decode([t for a, _ in swapped for t in a])
+    male = tokenizer.decode([t for _, b in swapped for t in b])
+    assert values == ("female", "male") and "she" in female and "she" not in male and "he" in male
+
+
 def test_centred_pairing_term_is_smaller_than_the_zero_target_on_a_shared_offset(tiny_loaded):
     tokenizer = tiny_loaded.tokenizer
     examples = encode(pair_rows(6), tokenizer)

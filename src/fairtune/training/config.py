@@ -118,10 +118,11 @@ class CounterfactualPairing(_Strict):
     axis: Literal[AXES] = "gender"
     divergence: Literal["jsd", "symmetric_kl"] = "jsd"
     loglik_gap: float = Field(0.0, ge=0)
-    # "zero" pulls every pair's log-likelihood gap to 0; "batch_mean" pulls it to the batch's mean gap
-    # in the same direction (female - male, say), so a word-frequency offset shared by every pair
-    # stays and only the part of the gap that depends on the context is trained away
-    loglik_gap_target: Literal["zero", "batch_mean"] = "zero"
+    # "zero" pulls every pair's log-likelihood gap to 0; "batch_mean" to the batch's mean gap in the
+    # same direction (female - male, say); "swap_offset" to the running mean of the gaps with the same
+    # swapped words. With the last two, a word's frequency offset (one word likelier than the other
+    # everywhere) stays and only the part of the gap that depends on the context is trained away.
+    loglik_gap_target: Literal["zero", "batch_mean", "swap_offset"] = "zero"
     values: list[str] | None = None          # pair only members with these values; None: any two
     held_out: int = Field(16, ge=0)          # pairs held back from training (adaptive ``held_out``)
 

@@ -8,8 +8,10 @@ For each pair of training rows that share ``meta.group`` and differ in ``meta.at
 whose next token is the same in both sequences is compared. The term is the mean, over pairs, of
 the mean divergence of the two next-token distributions at those positions (Jensen-Shannon by
 default, or symmetric KL), plus ``loglik_gap`` times the squared difference of the two
-sequences' total log-likelihoods (or, with ``loglik_gap_target: batch_mean``, of that difference
-and the batch's mean difference in the same direction). Positions before the first difference see the same prefix and
+sequences' total log-likelihoods, or of that difference and a reference that keeps a word's
+frequency offset: the batch's mean difference in the same direction (``loglik_gap_target:
+batch_mean``) or the running mean of the differences with the same swapped words
+(``swap_offset``). Positions before the first difference see the same prefix and
 cannot differ, so a pair of identical texts costs exactly 0.
 
 This is the counterfactual logit pairing of Garg et al. (2019, "Counterfactual Fairness in Text
@@ -111,16 +113,25 @@ class CounterfactualPairing(Objective):
         kept = set(groups[:self.config.held_out]) if len(groups) > 2 * self.config.held_out else set()
         return {i for i, e in enumerate(examples) if e.group in kept}, set()
 
-    def _direction(self, examples: list, i: int, j: int) -> tuple[float, tuple[str, str]]:
-        """The pair's two values in a fixed order, and +1 when ``i`` holds the first of them: a gap
-        read as ``sign * (loglik_i - loglik_j)`` always means the same thing (female - male)."""
+    def _direction(self, examples: list, i: int, j: int) -> tuple[float, tuple]:
+        """+1 when ``i`` holds the first of the pair's two values in a fixed order, so a gap read as
+        ``sign * (loglik_i - loglik_j)`` always means the same thing (female - male), and the key
+        of the gaps it is compared with: the two values, and with ``swap_offset`` also the swapped
+        tokens themselves ("woman"/"man" and "Ms."/"Mr." have offsets of their own)."""
         a, b = str(examples[i].attributes[self.config.axis]), str(examples[j].attributes[self.config.axis])
-        return (1.0, (a, b)) if a < b else (-1.0, (b, a))
+        sign, values = (1.0, (a, b)) if a < b else (-1.0, (b, a))
+        if self.config.loglik_gap_target != "swap_offset":
+            return sign, values
+        ids_a, ids_b = examples[i].input_ids, examples[j].input_ids
+        opcodes = difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False).get_opcodes()
+        swapped = [(tuple(ids_a[i1:i2]), tuple(ids_b[j1:j2])) for tag, i1, i2, j1, j2 in opcodes if tag != "equal"]
+        return sign, (values, tuple(swapped if sign > 0 else [(y, x) for x, y in swapped]))
 
     def setup(self, model: Any, examples: list, contexts: list, held_examples: list, held_contexts: list) -> None:
         self.pairs = {(i, j): aligned_positions(examples[i].input_ids, examples[j].input_ids)
                       for i, j in self._pairs(examples)}
         self.directions = {(i, j): self._direction(examples, i, j) for i, j in self.pairs}
+        self.offsets: dict[tuple, tuple[float, int]] = {}     # swap_offset: key -> (running mean, count)
         self.held_back = held_examples
 
     def units(self, examples: list) -> list[list[int]]:
@@ -148,9 +159,10 @@ class CounterfactualPairing(Objective):
         kept = [(i, j) for i, j in self.pairs if i in row_of and j in row_of]
         chosen = [(row_of[i], row_of[j], self.pairs[i, j]) for i, j in kept]
         return self._term(outputs.train_logits, outputs.train_input_ids, outputs.train_mask, chosen,
-                          [self.directions[pair] for pair in kept])
+                          [self.directions[pair] for pair in kept], learn_offsets=True)
 
-    def _term(self, logits: Any, input_ids: Any, mask: Any, chosen: list, directions: list) -> Any:
+    def _term(self, logits: Any, input_ids: Any, mask: Any, chosen: list, directions: list,
+              learn_offsets: bool = False) -> Any:
         import torch
 
         need_gap = self.config.loglik_gap > 0
@@ -184,6 +196,8 @@ class CounterfactualPairing(Objective):
             self.last["loglik_gap_abs"] = float(gaps.detach().abs().mean())
             if self.config.loglik_gap_target == "batch_mean":
                 gaps = self._centred(gaps, directions)
+            elif self.config.loglik_gap_target == "swap_offset":
+                gaps = self._from_offsets(gaps, directions, learn_offsets)
             term = term + self.config.loglik_gap * gaps.pow(2).mean()
         return term
 
@@ -202,6 +216,31 @@ class CounterfactualPairing(Objective):
         slot = torch.tensor([keys.index(key) for _, key in directions], device=gaps.device)
         sums = torch.zeros(len(keys), device=gaps.device, dtype=gaps.dtype).index_add(0, slot, oriented)
         return oriented - (sums / torch.bincount(slot, minlength=len(keys)))[slot]
+
+    def _from_offsets(self, gaps: Any, directions: list, learn: bool) -> Any:
+        """Each gap, read in its pair's fixed direction, minus the running mean of the gaps seen
+        with the same swapped tokens (a constant: the model is not pulled toward it). A batch mean
+        would mix the offsets of different words, and most swaps occur once or twice a batch;
+        over steps each swap's offset is estimated from many contexts, so what is penalised is
+        how much the context moves the gap. A swap not seen before is compared with this batch's
+        mean for it. Training batches update the means (the first ten observations averaged, then
+        an exponential average with weight 0.1, as the model changes)."""
+        import torch
+
+        signs = torch.tensor([sign for sign, _ in directions], device=gaps.device, dtype=gaps.dtype)
+        oriented = gaps * signs
+        batch: dict[tuple, list[float]] = defaultdict(list)
+        for value, (_, key) in zip(oriented.detach().tolist(), directions):
+            batch[key].append(value)
+        means = {key: sum(values) / len(values) for key, values in batch.items()}
+        targets = torch.tensor([self.offsets[key][0] if key in self.offsets else means[key] for _, key in directions],
+                               device=gaps.device, dtype=gaps.dtype)
+        if learn:
+            for key, mean in means.items():
+                old, count = self.offsets.get(key, (mean, 0))
+                rate = max(1.0 / (count + 1), 0.1)
+                self.offsets[key] = (old + rate * (mean - old), count + 1)
+        return oriented - targets
 
     def measure(self, model: Any) -> float:
         import torch
